@@ -94,6 +94,21 @@ def read_json(path: str | os.PathLike) -> Any:
         raise UnlearnInterpError(f"{path} line {err.lineno} is not valid JSON: {err.msg}") from err
 
 
+def cache_root() -> Path:
+    """The toolkit's cache: ``$UNLEARN_INTERP_CACHE``, else ``$XDG_CACHE_HOME/unlearn_interp``,
+    else ``~/.cache/unlearn_interp``. Trained organisms, figure work directories and fetched
+    assets (``assets/<name>/``) live under it.
+
+    >>> cache_root()                                    # doctest: +SKIP
+    PosixPath('/home/me/.cache/unlearn_interp')
+    """
+    if os.environ.get("UNLEARN_INTERP_CACHE"):
+        return Path(os.environ["UNLEARN_INTERP_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "unlearn_interp"
+
+
 def library_versions() -> dict[str, str]:
     """Versions of python and the libraries that change numerics, recorded with every run."""
     import platform

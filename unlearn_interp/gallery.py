@@ -31,6 +31,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from unlearn_interp import analysis, models, organism, pipeline, plotting, rmu
+from unlearn_interp.artifacts import cache_root
 from unlearn_interp.errors import UnlearnInterpError
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ FIGURES = {
 
 def default_work_dir(size: str, seed: int) -> Path:
     """Where the demo run and the sweep tables are cached: beside the organism cache."""
-    return organism.default_cache_dir() / f"figures-{size}-seed{seed}"
+    return cache_root() / f"figures-{size}-seed{seed}"
 
 
 def make_figures(

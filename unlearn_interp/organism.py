@@ -44,7 +44,7 @@ from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerFast
 
 from unlearn_interp import data, evaluation, models
-from unlearn_interp.artifacts import read_json, write_json
+from unlearn_interp.artifacts import cache_root, read_json, write_json
 from unlearn_interp.errors import UnlearnInterpError
 
 log = logging.getLogger(__name__)
@@ -788,14 +788,8 @@ class Organism:
         return {"hazardous": self.hazardous_mcq, "benign": self.benign_mcq}
 
 
-def default_cache_dir() -> Path:
-    """``$UNLEARN_INTERP_CACHE``, else ``$XDG_CACHE_HOME/unlearn_interp``, else
-    ``~/.cache/unlearn_interp``."""
-    if os.environ.get("UNLEARN_INTERP_CACHE"):
-        return Path(os.environ["UNLEARN_INTERP_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "unlearn_interp"
+# Kept importable under its old name; the rule lives in artifacts.cache_root.
+default_cache_dir = cache_root
 
 
 def cache_key(world: World, cfg: OrganismConfig) -> str:
@@ -817,7 +811,7 @@ def load_organism(
     """The trained organism of ``size`` ("demo" or "test"): from the cache, else pretrained now
     and cached.
 
-    ``cache_dir`` defaults to :func:`default_cache_dir`; ``force`` retrains even when cached;
+    ``cache_dir`` defaults to :func:`artifacts.cache_root`; ``force`` retrains even when cached;
     ``config`` replaces the size preset entirely (``size`` and ``seed`` are then ignored).
     Raises :class:`UnlearnInterpError` if pretraining misses the MCQ accuracy target.
 
@@ -828,7 +822,7 @@ def load_organism(
     cfg = config if config is not None else OrganismConfig.for_size(size, seed)
     world = make_world(cfg.seed, cfg.entities_per_kind)
     texts = pretraining_texts(world, cfg)
-    path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     path = path / f"organism-{cfg.size}-{cache_key(world, cfg)}"
     if path.is_dir() and not force:
         log.info("loading the %r organism from %s", cfg.size, path)
