@@ -153,3 +153,102 @@ def test_variants_compose_and_run_in_turn(model):
     assert set(outs) == {"base", "ablated"}
     assert not torch.allclose(outs["base"], outs["ablated"])
     assert all_hook_names(model) == []
+
+
+# --- a subspace: an orthonormal basis [k, d_model] -----------------------------------------------
+
+
+def orthonormal_rows(k: int, d: int = 32, seed: int = 3) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(d, k, generator=torch.Generator().manual_seed(seed)))
+    return q.T.contiguous()  # [k, d]
+
+
+def test_project_out_removes_the_span_and_keeps_the_complement():
+    basis = orthonormal_rows(3)
+    x = torch.randn(2, 5, 32)
+    out = interventions.project_out(x, basis)
+    assert (out @ basis.T).abs().max() < 1e-5  # nothing left in the span
+    inside = (x @ basis.T) @ basis
+    assert torch.allclose(out + inside, x, atol=1e-5)  # and nothing else removed
+    # Projecting out three orthonormal rows equals projecting out each row in turn.
+    one_by_one = x
+    for row in basis:
+        one_by_one = interventions.project_out_hook(row)(one_by_one, hook=None)
+    assert torch.allclose(out, one_by_one, atol=1e-5)
+
+
+def test_subspace_ablation_leaves_no_component_in_the_span_anywhere(model):
+    basis = orthonormal_rows(3)
+    with Variant("ablated", hooks=interventions.ablation_hooks(basis)).applied(model):
+        cache, real = residual_components(model)
+    for name, act in cache.items():
+        ratio = (act[real] @ basis.T).abs().max() / act[real].norm(dim=-1).max()
+        assert ratio < 1e-5, name
+
+
+def test_subspace_hooks_and_orthogonalised_weights_give_equal_logits_k3(model):
+    basis = orthonormal_rows(3)
+    plain, batch = run(model)
+    with Variant("hooks", hooks=interventions.ablation_hooks(basis)).applied(model):
+        hooked, _ = run(model)
+    permanent = Variant("ortho", weights=interventions.orthogonalized_weights(model, basis))
+    with permanent.applied(model):
+        orthogonal, _ = run(model)
+    real = batch.attention_mask.bool()
+    assert (hooked[real] - orthogonal[real]).abs().max() < 1e-4
+    assert (hooked[real] - plain[real]).abs().max() > 1e-2  # the ablation did something
+    interventions.orthogonalize_weights(model, basis)
+    in_place, _ = run(model)
+    assert torch.equal(in_place, orthogonal)
+    for name in models.residual_writers(model):
+        w = models.get_param(model, name).detach()
+        assert (w @ basis.T).abs().max() < 1e-5, name  # biases too
+
+
+def test_a_one_row_basis_is_the_same_ablation_as_its_direction(model):
+    r = torch.randn(32)
+    with Variant("d", hooks=interventions.ablation_hooks(r)).applied(model):
+        by_direction, _ = run(model)
+    with Variant("b", hooks=interventions.ablation_hooks((r / r.norm())[None])).applied(model):
+        by_basis, _ = run(model)
+    assert torch.allclose(by_direction, by_basis, atol=1e-6)
+
+
+def test_a_non_orthonormal_basis_is_refused_in_one_sentence(model):
+    skewed = orthonormal_rows(2)
+    skewed[1] = (skewed[0] + skewed[1]) / 2**0.5  # unit rows, but at 45 degrees
+    for build in (
+        lambda: interventions.ablation_hooks(skewed),
+        lambda: interventions.orthogonalized_weights(model, skewed),
+    ):
+        with pytest.raises(UnlearnInterpError, match=r"not orthonormal \(max \|B B\^T - I\| = 0.7"):
+            build()
+    with pytest.raises(UnlearnInterpError, match="NaN"):
+        interventions.ablation_hooks(torch.full((2, 32), float("nan")))
+    with pytest.raises(UnlearnInterpError, match=r"k >= 1, got shape \(0, 32\)"):
+        interventions.ablation_hooks(torch.zeros(0, 32))
+
+
+def test_a_basis_of_the_wrong_width_is_one_sentence_and_leaves_no_hook(model):
+    with pytest.raises(UnlearnInterpError, match=r"basis has shape \(2, 16\) but .* d_model is 32"):
+        interventions.orthogonalized_weights(model, orthonormal_rows(2, d=16))
+    hooks = interventions.ablation_hooks(orthonormal_rows(2, d=16))
+    with (
+        pytest.raises(UnlearnInterpError, match="basis has d_model 16 but the activation at"),
+        Variant("v", hooks=hooks).applied(model),
+    ):
+        run(model)
+    assert all_hook_names(model) == []
+
+
+def test_no_subspace_hook_survives_an_exception(model):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    basis = orthonormal_rows(3)
+    ortho = interventions.orthogonalized_weights(model, basis)
+    variant = Variant("v", weights=ortho, hooks=interventions.ablation_hooks(basis))
+    with pytest.raises(RuntimeError, match="boom"), variant.applied(model):
+        assert all_hook_names(model)
+        run(model)
+        raise RuntimeError("boom")
+    assert all_hook_names(model) == []
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

@@ -10,6 +10,13 @@ manager that restores both on exit, also after an exception::
         with v.applied(model):
             acc[v.name] = evaluation.mcq_accuracy(model, items).accuracy
 
+Ablation takes one direction ``[d_model]`` or an orthonormal basis ``[k, d_model]`` (a
+subspace, e.g. ``directions.junk_subspace(...).basis``); both go through the one projection
+``x <- x - (x B^T) B``::
+
+    ablated = rmu.with_hooks(ablation_hooks(subspace.basis), name="rmu_subspace_ablated")
+    permanent = rmu.with_weights(orthogonalized_weights(model, subspace.basis))
+
 Hooks are pure factories: they are only ever installed through ``Variant.applied`` (or
 TransformerLens' own ``model.hooks``), so no hook outlives the block that needed it.
 """
@@ -35,6 +42,8 @@ Hook = tuple[NameFilter, HookFn]
 
 # Where the blog ablates: every block's input, every attention output and every MLP output.
 ABLATION_POINTS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+# A basis is orthonormal when B B^T is the identity to this tolerance (float32 rows: ~1e-7).
+ORTHONORMAL_ATOL = 1e-4
 
 
 def unit(vector: Float[Tensor, " d_model"], field: str = "direction") -> Float[Tensor, " d_model"]:
@@ -45,18 +54,68 @@ def unit(vector: Float[Tensor, " d_model"], field: str = "direction") -> Float[T
     return vector / norm.to(vector.dtype)
 
 
-def project_out_hook(direction: Float[Tensor, " d_model"]) -> HookFn:
-    """Hook removing the component along unit ``direction``: ``x <- x - (x . r) r``.
+def as_basis(directions: Float[Tensor, "*k d_model"]) -> Float[Tensor, "k d_model"]:
+    """What to project out, as orthonormal rows ``[k, d_model]`` (float32, detached).
+
+    A ``[d_model]`` direction is scaled to unit norm (any length is accepted, as ever); a
+    ``[k, d_model]`` basis must already be orthonormal and is refused otherwise, because
+    projecting out non-orthonormal rows removes the wrong thing and silently orthonormalising
+    would hide a bug upstream (``directions.Subspace.from_vectors`` orthonormalises on purpose).
+
+    >>> as_basis(torch.tensor([3.0, 4.0]))
+    tensor([[0.6000, 0.8000]])
+    >>> as_basis(torch.ones(2, 2))
+    Traceback (most recent call last):
+    unlearn_interp.errors.UnlearnInterpError: basis rows are not orthonormal (max |B B^T - I| = 2); orthonormalise them first, e.g. with directions.Subspace.from_vectors
+    """
+    directions = directions.detach()
+    if directions.ndim == 1:
+        return unit(directions.float())[None]
+    if directions.ndim != 2 or directions.shape[0] == 0:
+        raise UnlearnInterpError(
+            f"expected a direction [d_model] or a basis [k, d_model] with k >= 1, got shape "
+            f"{tuple(directions.shape)}"
+        )
+    if not torch.isfinite(directions).all():
+        raise UnlearnInterpError("basis contains NaN or infinite values")
+    basis = directions.float()
+    gram = basis.double() @ basis.double().T
+    error = float((gram - torch.eye(len(basis), dtype=torch.float64)).abs().max())
+    if error > ORTHONORMAL_ATOL:
+        raise UnlearnInterpError(
+            f"basis rows are not orthonormal (max |B B^T - I| = {error:.3g}); orthonormalise "
+            "them first, e.g. with directions.Subspace.from_vectors"
+        )
+    return basis
+
+
+def project_out(
+    x: Float[Tensor, "*batch d_model"], basis: Float[Tensor, "k d_model"]
+) -> Float[Tensor, "*batch d_model"]:
+    """``x - (x B^T) B``: ``x`` without its component in the span of orthonormal rows ``B``
+    (for one unit row ``r``: ``x - (x . r) r``). Computed in ``x``'s dtype on ``x``'s device;
+    the one projection behind both the hooks and the orthogonalised weights.
+
+    >>> project_out(torch.tensor([[1.0, 2.0, 3.0]]), torch.eye(3)[:2])
+    tensor([[0., 0., 3.]])
+    """
+    b = basis.to(device=x.device, dtype=x.dtype)
+    return x - (x @ b.T) @ b
+
+
+def project_out_hook(direction: Float[Tensor, "*k d_model"]) -> HookFn:
+    """Hook removing the component along unit ``direction`` (``x <- x - (x . r) r``), or the
+    span of an orthonormal basis ``[k, d_model]`` (``x <- x - (x B^T) B``).
 
     >>> with model.hooks([("blocks.3.hook_resid_pre", project_out_hook(r))]):   # doctest: +SKIP
     ...     logits = model(tokens)
     """
-    r = unit(direction.detach())
+    basis = as_basis(direction)
+    what = "direction" if direction.ndim == 1 else "basis"
 
     def hook(activation: Tensor, hook: HookPoint | None = None) -> Tensor:
-        _check_width(r, activation, hook)
-        r_ = r.to(device=activation.device, dtype=activation.dtype)
-        return activation - (activation @ r_).unsqueeze(-1) * r_
+        _check_width(basis, activation, hook, what)
+        return project_out(activation, basis)
 
     return hook
 
@@ -80,25 +139,30 @@ def add_vector_hook(
     return hook
 
 
-def _check_width(vector: Tensor, activation: Tensor, hook: HookPoint | None) -> None:
+def _check_width(
+    vector: Tensor, activation: Tensor, hook: HookPoint | None, what: str = "direction"
+) -> None:
     """One sentence instead of a matmul error when a vector comes from another model."""
     if vector.shape[-1] != activation.shape[-1]:
         where = f" at {hook.name}" if hook is not None else ""
         raise UnlearnInterpError(
-            f"direction has d_model {vector.shape[-1]} but the activation{where} has "
-            f"{activation.shape[-1]} (a direction from another model?)"
+            f"{what} has d_model {vector.shape[-1]} but the activation{where} has "
+            f"{activation.shape[-1]} (a {what} from another model?)"
         )
 
 
 def ablation_hooks(
-    vector: Float[Tensor, " d_model"], layers: Sequence[int] | None = None
+    vector: Float[Tensor, "*k d_model"], layers: Sequence[int] | None = None
 ) -> tuple[Hook, ...]:
-    """Directional ablation: project ``vector`` out at every block input, attention output and MLP
+    """Directional ablation: project ``vector`` (one direction ``[d_model]``, or an orthonormal
+    basis ``[k, d_model]`` for a subspace) out at every block input, attention output and MLP
     output, at every position, in every block (or only in ``layers``).
 
-    The hook names are matched by a filter, so the same hooks fit any model depth.
+    The hook names are matched by a filter, so the same hooks fit any model depth. A basis whose
+    rows are not orthonormal is refused (see :func:`as_basis`).
 
     >>> ablated = rmu.with_hooks(ablation_hooks(direction.vector))   # doctest: +SKIP
+    >>> ablated = rmu.with_hooks(ablation_hooks(subspace.basis))     # doctest: +SKIP
     """
     blocks = None if layers is None else {int(layer) for layer in layers}
     hook = project_out_hook(vector)
@@ -113,31 +177,36 @@ def ablation_hooks(
 
 
 def orthogonalized_weights(
-    model: HookedTransformer, vector: Float[Tensor, " d_model"]
+    model: HookedTransformer, vector: Float[Tensor, "*k d_model"]
 ) -> dict[str, Tensor]:
-    """New values for every residual-stream writer with ``vector``'s direction removed.
+    """New values for every residual-stream writer with ``vector``'s direction (or the span of
+    an orthonormal basis ``[k, d_model]``) removed.
 
-    ``W <- W - (W r) r^T`` on the embedding, positional embedding, each attention ``W_O`` and
-    each MLP ``W_out``, and ``b <- b - (b . r) r`` on their biases. Use it as a ``Variant``'s
-    weights to get the permanent form of :func:`ablation_hooks` without touching the model.
+    ``W <- W - (W B^T) B`` on the embedding, positional embedding, each attention ``W_O`` and
+    each MLP ``W_out``, and ``b <- b - (b B^T) B`` on their biases (for one unit direction
+    ``r``: ``W <- W - (W r) r^T``). Use it as a ``Variant``'s weights to get the permanent form
+    of :func:`ablation_hooks` without touching the model.
+
+    >>> ortho = rmu.with_weights(orthogonalized_weights(model, subspace.basis))  # doctest: +SKIP
     """
-    if vector.shape != (models.d_model(model),):
+    width = models.d_model(model)
+    if vector.ndim not in (1, 2) or vector.shape[-1] != width:
+        what = "basis" if vector.ndim == 2 else "direction"
         raise UnlearnInterpError(
-            f"direction has shape {tuple(vector.shape)} but the model's d_model is {models.d_model(model)}"
+            f"{what} has shape {tuple(vector.shape)} but the model's d_model is {width}"
         )
-    r = unit(vector.detach().float())
+    basis = as_basis(vector)
     new = {}
     with torch.no_grad():
         for name in models.residual_writers(model):
             w = models.get_param(model, name)
-            r_ = r.to(device=w.device)
-            wf = w.float()
-            new[name] = (wf - (wf @ r_).unsqueeze(-1) * r_).to(w.dtype)
+            new[name] = project_out(w.float(), basis).to(w.dtype)
     return new
 
 
-def orthogonalize_weights(model: HookedTransformer, vector: Float[Tensor, " d_model"]) -> None:
-    """Permanently remove ``vector``'s direction from every residual-stream writer, in place.
+def orthogonalize_weights(model: HookedTransformer, vector: Float[Tensor, "*k d_model"]) -> None:
+    """Permanently remove ``vector``'s direction (or a basis' span) from every residual-stream
+    writer, in place.
 
     Equivalent to running with :func:`ablation_hooks` (tested to 1e-4 on the logits), and free at
     inference time.
