@@ -14,7 +14,7 @@ from conftest import save_hf_checkpoint
 from safetensors.torch import save_file
 
 from unlearn_interp import cli, data, directions, models
-from unlearn_interp.directions import Direction
+from unlearn_interp.directions import Direction, Subspace
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.interventions import Variant, add_vector_hook
 
@@ -447,3 +447,189 @@ def test_cli_bad_input_is_one_sentence_and_exit_2(run_setup, tmp_path, capsys):
         assert _cli("--model", ckpt, *args, "--out", tmp_path / "out") == 2
         last = capsys.readouterr().err.strip().splitlines()[-1]  # above it: loading progress
         assert last.startswith("unlearn-interp: error: ") and message in last
+
+
+# ---------------------------------------------------------------------------------------------
+# Subspaces: one direction per updated block
+# ---------------------------------------------------------------------------------------------
+
+
+def two_block_junk(v1: torch.Tensor, v2: torch.Tensor) -> Variant:
+    """A stand-in for RMU updating two blocks: block 1 writes 5 v1, block 2 writes 50 v2."""
+    hooks = (
+        (models.resid_hook(1), add_vector_hook(v1, scale=5.0)),
+        (models.resid_hook(2), add_vector_hook(v2, scale=50.0)),
+    )
+    return Variant("two_blocks", hooks=hooks)
+
+
+def test_junk_subspace_spans_the_junk_of_both_blocks_in_one_pass_per_variant(tiny_model, planted):
+    v2 = directions.random_direction(32, seed=2, orthogonal_to=planted)
+    calls = {"n": 0}
+
+    def count(activation, hook):
+        calls["n"] += 1
+
+    base = Variant("base", hooks=((models.resid_hook(0), count),))
+    unl = two_block_junk(planted, v2).with_hooks(((models.resid_hook(0), count),))
+    sub = directions.junk_subspace(
+        tiny_model, base, unl, PROMPTS, [1, 2], control_vectors=torch.stack([planted, v2]),
+        batch_size=4,
+    )  # fmt: skip
+    assert calls["n"] == 4  # 2 batches x (base, unlearned): every layer from the same pass
+    assert (sub.k, sub.layers, sub.method, sub.n_prompts) == (2, (1, 2), "diff_in_means", 6)
+    assert cos(sub.basis[0], planted) > 0.999  # row 0 is layer 1's direction, unchanged
+    assert sub.raw_norms[0] == pytest.approx(5.0, rel=1e-5)
+    gram = sub.basis.double() @ sub.basis.double().T
+    assert (gram - torch.eye(2, dtype=torch.float64)).abs().max() < 1e-6
+    # The single layer-2 direction misses most of v1 (block 2 writes ten times more); the span
+    # holds both planted vectors.
+    single = directions.junk_direction(tiny_model, BASE, unl, PROMPTS, layer=2)
+    assert abs(cos(single.vector, planted)) < 0.3
+    assert sub.cos_with(planted).item() > 0.999 and sub.cos_with(v2).item() > 0.98
+    assert sub.metadata["cos_with_control_vectors"] == pytest.approx(
+        sub.cos_with(torch.stack([planted, v2])).tolist()
+    )
+    assert sub.metadata["cosines"][0][1] == pytest.approx(cos(planted, single.vector), abs=1e-5)
+    assert all(not hp._forward_hooks for hp in tiny_model.hook_dict.values())
+
+
+def test_candidates_subspace_needs_no_forward_pass_and_equals_junk_subspace(tiny_model, planted):
+    v2 = directions.random_direction(32, seed=2)
+    unl = two_block_junk(planted, v2)
+    cands = directions.candidate_directions(tiny_model, BASE, unl, PROMPTS)  # every layer
+    direct = directions.junk_subspace(tiny_model, BASE, unl, PROMPTS, [2, 1])
+    from_cands = cands.subspace([2, 1])
+    assert torch.allclose(direct.basis, from_cands.basis, atol=1e-6)
+    assert direct.layers == from_cands.layers == (2, 1)
+    first = directions.junk_direction(tiny_model, BASE, unl, PROMPTS, layer=2)
+    assert torch.allclose(direct.basis[0], first.vector, atol=1e-6)
+    assert direct.raw_norms[0] == pytest.approx(first.raw_norm, rel=1e-6)
+    assert [row["layer"] for row in from_cands.metadata["scores"]] == [2, 1]
+    with pytest.raises(UnlearnInterpError, match=r"layer 5 is not among the candidates"):
+        cands.subspace([1, 5])
+
+
+def test_layers_without_a_difference_are_dropped_and_recorded(tiny_model, planted):
+    sub = directions.junk_subspace(tiny_model, BASE, steered(planted), PROMPTS, [0, 1])
+    assert sub.layers == (1,) and sub.k == 1 and cos(sub.basis[0], planted) > 0.999
+    assert sub.metadata["dropped"] == [{"layer": 0, "raw_norm": pytest.approx(0, abs=1e-5),
+                                        "residual": 0.0}]  # fmt: skip
+    with pytest.raises(UnlearnInterpError, match=r"all 1 vectors \(layers \[0\]\) are zero"):
+        directions.junk_subspace(tiny_model, BASE, steered(planted), PROMPTS, [0])
+
+
+def test_from_vectors_orthonormalises_in_float64_and_drops_dependent_vectors():
+    e = torch.eye(6, dtype=torch.float64)
+    vectors = torch.stack([3 * e[0], 2 * e[0] + 1e-7 * e[1], torch.zeros(6), e[0] + e[2]])
+    sub = Subspace.from_vectors(vectors, layers=[4, 5, 6, 7])
+    assert sub.layers == (4, 7) and sub.raw_norms == (3.0, pytest.approx(2**0.5))
+    assert torch.allclose(sub.basis, torch.stack([e[0], e[2]]).float())
+    dropped = sub.metadata["dropped"]
+    assert [d["layer"] for d in dropped] == [5, 6]
+    assert dropped[0]["residual"] == pytest.approx(5e-8, rel=1e-3) and dropped[1]["residual"] == 0
+    assert sub.metadata["residuals"] == pytest.approx([1.0, 2**-0.5])
+    assert sub.metadata["cosines"][0][3] == pytest.approx(2**-0.5)
+    # Nearly parallel vectors (cos 0.999) still give rows orthonormal to float32 precision,
+    # spanning exactly what they were given.
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(64, generator=g, dtype=torch.float64)
+    close = common + 0.045 * torch.randn(5, 64, generator=g, dtype=torch.float64)
+    sub = Subspace.from_vectors(close, layers=range(5))
+    gram = sub.basis.double() @ sub.basis.double().T
+    assert sub.k == 5 and (gram - torch.eye(5, dtype=torch.float64)).abs().max() < 1e-6
+    assert (sub.cos_with(close) > 1 - 1e-6).all()
+    # A looser rtol drops the vectors that add less than that share of new direction.
+    assert Subspace.from_vectors(close, layers=range(5), rtol=0.5).k == 1
+
+
+def test_subspace_save_load_round_trip(tmp_path):
+    sub = Subspace.from_vectors(
+        torch.randn(3, 32), [5, 6, 7], positions="all", n_prompts=9, model_name="m",
+        metadata={"note": math.nan},
+    )  # fmt: skip
+    sub.save(tmp_path / "run")
+    sub.save(tmp_path / "named.safetensors")
+    for where in (tmp_path / "run", tmp_path / "named.safetensors", tmp_path / "named.json"):
+        back = Subspace.load(where)
+        assert torch.equal(back.basis, sub.basis) and back.basis.dtype == torch.float32
+        assert (back.layers, back.raw_norms, back.positions) == (sub.layers, sub.raw_norms, "all")
+        assert (back.n_prompts, back.method, back.model_name) == (9, "diff_in_means", "m")
+        assert back.metadata["note"] is None and back.metadata["input_layers"] == [5, 6, 7]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "subspace.json",
+        "subspace.safetensors",
+    ]
+
+
+def test_subspace_load_refuses_nan_wrong_shapes_and_skewed_bases(tmp_path):
+    Subspace.from_vectors(torch.randn(2, 32), [6, 7]).save(tmp_path)
+    tensor_file, json_file = tmp_path / "subspace.safetensors", tmp_path / "subspace.json"
+    meta = json.loads(json_file.read_text())
+    json_file.write_text(json.dumps({**meta, "k": 3}))
+    with pytest.raises(UnlearnInterpError, match=r"subspace.json: .*says k 3 but the basis has"):
+        Subspace.load(tmp_path)
+    json_file.write_text(json.dumps({**meta, "layers": [6]}))
+    with pytest.raises(UnlearnInterpError, match="dimension 2 needs 2 layers and 2 raw norms"):
+        Subspace.load(tmp_path)
+    json_file.write_text(json.dumps(meta))
+    save_file({"basis": torch.full((2, 32), math.nan)}, str(tensor_file))
+    with pytest.raises(UnlearnInterpError, match="NaN"):
+        Subspace.load(tmp_path)
+    save_file({"basis": torch.ones(32)}, str(tensor_file))
+    with pytest.raises(UnlearnInterpError, match=r"expected \[k, d_model\]"):
+        Subspace.load(tmp_path)
+    save_file({"basis": torch.ones(2, 32) / 32**0.5}, str(tensor_file))
+    with pytest.raises(UnlearnInterpError, match="subspace.json: basis rows are not orthonormal"):
+        Subspace.load(tmp_path)
+    with pytest.raises(UnlearnInterpError, match="does not exist"):
+        Subspace.load(tmp_path / "elsewhere")
+
+
+def test_random_subspace_is_orthonormal_reproducible_and_uniform(planted):
+    r = directions.random_subspace(32, 3, seed=0)
+    assert r.shape == (3, 32) and r.dtype == torch.float32
+    assert (r.double() @ r.double().T - torch.eye(3, dtype=torch.float64)).abs().max() < 1e-6
+    assert torch.equal(r, directions.random_subspace(32, 3, seed=0))
+    assert not torch.allclose(r, directions.random_subspace(32, 3, seed=1))
+    # Haar: a fixed unit vector keeps on average k/d of its squared length in the span.
+    kept = [float((directions.random_subspace(32, 3, s) @ planted).norm() ** 2) for s in range(300)]
+    assert sum(kept) / len(kept) == pytest.approx(3 / 32, abs=0.015)
+    junk = Subspace.from_vectors(torch.randn(4, 32), range(4)).basis
+    o = directions.random_subspace(32, 4, seed=0, orthogonal_to=junk)
+    assert (o @ junk.T).abs().max() < 1e-6
+    assert (o.double() @ o.double().T - torch.eye(4, dtype=torch.float64)).abs().max() < 1e-6
+    with pytest.raises(UnlearnInterpError, match="cannot fit 29 directions orthogonal to 4"):
+        directions.random_subspace(32, 29, seed=0, orthogonal_to=junk)
+    with pytest.raises(UnlearnInterpError, match="k 0 must be a positive integer"):
+        directions.random_subspace(32, 0, seed=0)
+
+
+def test_random_subspace_control_matches_dimension_layers_and_norms():
+    junk = Subspace.from_vectors(torch.randn(2, 32) * 7, [6, 7], model_name="m")
+    control = directions.random_subspace_control(junk, seed=3)
+    assert (control.k, control.layers, control.raw_norms) == (2, junk.layers, junk.raw_norms)
+    assert control.method == "random" and control.metadata["seed"] == 3
+    assert (control.basis @ junk.basis.T).abs().max() < 1e-6
+    assert control.cos_with(junk.basis).max() < 1e-6
+
+
+def test_subspace_layers_are_the_updated_blocks_outputs():
+    from unlearn_interp import rmu
+
+    assert directions.subspace_layers(rmu.RMUConfig(layer=7)) == [5, 6, 7]
+    assert directions.subspace_layers(rmu.RMUConfig(layer=7).to_dict()) == [5, 6, 7]
+    assert directions.subspace_layers(rmu.RMUConfig(layer=3, update_layers=[1, 3])) == [1, 3]
+    with pytest.raises(UnlearnInterpError, match="names no update_layers"):
+        directions.subspace_layers({"layer": 7})
+
+
+def test_a_subspace_is_checked_when_built():
+    with pytest.raises(UnlearnInterpError, match="not orthonormal"):
+        Subspace(torch.ones(2, 8), layers=[1, 2], raw_norms=[1.0, 1.0])
+    with pytest.raises(UnlearnInterpError, match="dimension 2 needs 2 layers"):
+        Subspace(torch.eye(8)[:2], layers=[1], raw_norms=[1.0, 1.0])
+    with pytest.raises(UnlearnInterpError, match="raw_norms"):
+        Subspace(torch.eye(8)[:1], layers=[1], raw_norms=[math.inf])
+    with pytest.raises(UnlearnInterpError, match="one layer per row"):
+        Subspace.from_vectors(torch.randn(3, 8), layers=[1, 2])

@@ -15,6 +15,13 @@ Every layer at once, scored, with a selection that keeps its reasons::
     cands = candidate_directions(model, base, rmu, prompts, control_vectors=result.control_vectors)
     d = select_direction(cands, min_cos_control=0.9)  # d.metadata["selection"] says why
 
+RMU trains several blocks (``update_layers``) and each writes its own junk, so the span of the
+difference-in-means directions at those blocks' outputs can recover more than one direction::
+
+    sub = junk_subspace(model, base, rmu, prompts, layers=subspace_layers(result.config))
+    ablated = rmu.with_hooks(ablation_hooks(sub.basis), name="rmu_subspace_ablated")
+    control = random_subspace_control(sub, seed=0)   # same dimension, orthogonal to it
+
 Layer ``l`` is the residual stream *after* block ``l`` (``blocks.{l}.hook_resid_post``); the
 reference RMU layer 7 is the blog's "start of layer 8". Means are masked (padding never counts)
 and accumulated in float64, batch by batch: only running sums are kept, never the activations.
@@ -41,7 +48,7 @@ from transformer_lens import HookedTransformer
 from unlearn_interp import data, models
 from unlearn_interp.artifacts import atomic_path, library_versions, read_json, write_json
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.interventions import Variant, unit
+from unlearn_interp.interventions import Variant, as_basis, unit
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,11 @@ SPREAD_RTOL = 1e-4
 
 FORMAT = "unlearn_interp.direction"
 TENSOR_FILE, JSON_FILE = "direction.safetensors", "direction.json"
+SUBSPACE_FORMAT = "unlearn_interp.subspace"
+SUBSPACE_TENSOR_FILE, SUBSPACE_JSON_FILE = "subspace.safetensors", "subspace.json"
+# A vector whose part orthogonal to the span of the earlier ones is shorter than this fraction of
+# its own length adds no dimension (a repeat of a direction already in the span, or float noise).
+DEPENDENT_RTOL = 1e-4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +269,8 @@ def mean_activations(
     longer than ``max_len`` tokens are cut on the right, so "last" is then the last kept token.
 
     >>> means = mean_activations(model, prompts, layers=[5, 6, 7], variant=rmu)  # doctest: +SKIP
-    >>> means.shape                                                # torch.Size([3, 4096])
+    >>> means.shape                                  # doctest: +SKIP
+    torch.Size([3, 4096])
     """
     layers = _check_layers(model, layers)
     check_positions(positions)
@@ -384,13 +397,17 @@ class Direction:
             raise UnlearnInterpError(f"{json_path}: {err}") from err
 
 
-def _direction_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+def _direction_paths(
+    path: str | os.PathLike, tensor_file: str = TENSOR_FILE, json_file: str = JSON_FILE
+) -> tuple[Path, Path]:
+    """``(tensor file, json file)``: ``path`` is a directory holding the two default names, or
+    one of the two files, whose twin is beside it."""
     path = Path(path)
     if path.suffix == ".safetensors":
         return path, path.with_suffix(".json")
     if path.suffix == ".json":
         return path.with_suffix(".safetensors"), path
-    return path / TENSOR_FILE, path / JSON_FILE
+    return path / tensor_file, path / json_file
 
 
 def _json_ready(value: Any) -> Any:
@@ -459,6 +476,29 @@ class Candidates:
             method="diff_in_means",
             model_name=self.model_name,
             metadata={"scores": row, **(metadata or {})},
+        )
+
+    def subspace(self, layers: Sequence[int], rtol: float = DEPENDENT_RTOL) -> Subspace:
+        """The span of the candidates at ``layers``, orthonormalised in that order, without
+        another forward pass (see :meth:`Subspace.from_vectors`; layers with no difference or
+        no new dimension are dropped and listed in ``metadata["dropped"]``).
+
+        >>> cands = candidate_directions(model, base, rmu, prompts)          # doctest: +SKIP
+        >>> sub = cands.subspace([5, 6, 7]); sub.k, sub.layers                # doctest: +SKIP
+        (3, (5, 6, 7))
+        """
+        layers = [int(layer) for layer in layers]
+        rows = [self.row(layer) for layer in layers]  # an unknown layer: one sentence
+        index = [self.layers.index(layer) for layer in layers]
+        return Subspace.from_vectors(
+            self.vectors[index],
+            layers,
+            raw_norms=[row["raw_norm"] for row in rows],
+            rtol=rtol,
+            positions=self.positions,
+            n_prompts=self.n_prompts,
+            model_name=self.model_name,
+            metadata={"scores": rows},
         )
 
 
@@ -900,6 +940,359 @@ def random_direction(
         for _ in range(2):  # twice: one Gram-Schmidt pass leaves ~1e-16 * |v| behind
             v = v - basis @ (basis.T @ v)
     return (v / v.norm()).float()
+
+
+# ---------------------------------------------------------------------------------------------
+# Subspaces: one junk direction per updated block
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Subspace:
+    """A subspace of the residual stream: ``k`` orthonormal rows and where they came from.
+
+    ``basis[i]`` is float32 on the CPU; it came from the difference at ``layers[i]`` (the
+    residual stream after that block), with the parts along ``basis[:i]`` removed (Gram-Schmidt
+    in the order given), and ``raw_norms[i]`` is the length of that difference before anything
+    was removed or normalised. ``metadata`` holds the rest: per-layer scores, the cosines
+    between the input directions, and the vectors dropped for adding no dimension.
+
+    >>> sub = junk_subspace(model, base, rmu, prompts, layers=[5, 6, 7])   # doctest: +SKIP
+    >>> sub.save("runs/demo"); Subspace.load("runs/demo").layers           # doctest: +SKIP
+    (5, 6, 7)
+    """
+
+    basis: Float[Tensor, "k d_model"]
+    layers: Sequence[int]
+    raw_norms: Sequence[float]
+    positions: Positions = "last"
+    n_prompts: int = 0
+    method: str = "diff_in_means"
+    model_name: str = ""
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not torch.is_tensor(self.basis) or self.basis.ndim != 2:
+            raise UnlearnInterpError("subspace basis must be a 2-dimensional tensor [k, d_model]")
+        self.basis = as_basis(self.basis.detach().cpu()).contiguous()  # refuses NaN, skew rows
+        k = self.k
+        self.layers = tuple(self.layers)
+        self.raw_norms = tuple(float(v) for v in self.raw_norms)
+        if len(self.layers) != k or len(self.raw_norms) != k:
+            raise UnlearnInterpError(
+                f"a subspace of dimension {k} needs {k} layers and {k} raw norms, got "
+                f"{len(self.layers)} and {len(self.raw_norms)}"
+            )
+        if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in self.layers):
+            raise UnlearnInterpError(f"layers {list(self.layers)} must be non-negative integers")
+        if not all(math.isfinite(v) and v >= 0 for v in self.raw_norms):
+            raise UnlearnInterpError(f"raw_norms {list(self.raw_norms)} must be finite and >= 0")
+        check_positions(self.positions)
+        if isinstance(self.n_prompts, bool) or not isinstance(self.n_prompts, int):
+            raise UnlearnInterpError(f"n_prompts {self.n_prompts!r} must be an integer")
+        if self.n_prompts < 0 or not self.method:
+            raise UnlearnInterpError("n_prompts must be >= 0 and method a non-empty string")
+
+    @property
+    def k(self) -> int:
+        """The dimension of the subspace (number of basis rows)."""
+        return int(self.basis.shape[0])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.basis.shape[1])
+
+    def cos_with(self, vectors: Float[Tensor, "*n d_model"]) -> Float[Tensor, "*n"]:
+        """Cosine between each vector and the subspace: the length of its unit vector's
+        projection onto the span (1: inside it, 0: orthogonal), in float64.
+
+        >>> sub.cos_with(result.control_vectors)      # how much of u the span holds  # doctest: +SKIP
+        """
+        v = vectors.detach().to("cpu", torch.float64)
+        if v.shape[-1] != self.d_model:
+            raise UnlearnInterpError(
+                f"vectors have width {v.shape[-1]} but the subspace's d_model is {self.d_model}"
+            )
+        inside = (v @ self.basis.double().T).norm(dim=-1)
+        return inside / v.norm(dim=-1).clamp_min(1e-300)
+
+    @classmethod
+    def from_vectors(
+        cls,
+        vectors: Float[Tensor, "n d_model"],
+        layers: Sequence[int],
+        raw_norms: Sequence[float] | None = None,
+        *,
+        rtol: float = DEPENDENT_RTOL,
+        positions: Positions = "last",
+        n_prompts: int = 0,
+        method: str = "diff_in_means",
+        model_name: str = "",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Subspace:
+        """The span of ``vectors`` (one per entry of ``layers``), orthonormalised in float64 by
+        Gram-Schmidt in the order given (each vector is orthogonalised twice against the rows
+        kept so far, so the basis is orthonormal to ~1e-15 before the float32 cast).
+
+        A vector is dropped when it is zero or when its part orthogonal to the earlier rows is
+        at most ``rtol`` of its length (numerically in their span); each drop is listed in
+        ``metadata["dropped"]`` with its layer and that ratio, and logged. ``raw_norms``
+        defaults to the vectors' own lengths. ``metadata["cosines"]`` holds the cosines between
+        the input vectors, ``metadata["residuals"]`` each kept vector's orthogonal share.
+
+        >>> sub = Subspace.from_vectors(torch.eye(4)[:2] * 3, layers=[6, 7])
+        >>> sub.k, sub.layers, sub.raw_norms
+        (2, (6, 7), (3.0, 3.0))
+        """
+        v = vectors.detach().to("cpu", torch.float64)
+        layers = list(layers)
+        if v.ndim != 2 or len(layers) != v.shape[0]:
+            raise UnlearnInterpError(
+                f"vectors of shape {tuple(v.shape)} need one layer per row, got {len(layers)}"
+            )
+        if not torch.isfinite(v).all():
+            raise UnlearnInterpError("vectors contain NaN or infinite values")
+        if not rtol >= 0:
+            raise UnlearnInterpError(f"rtol {rtol!r} must be >= 0")
+        norms = v.norm(dim=-1)
+        raw = norms.tolist() if raw_norms is None else [float(x) for x in raw_norms]
+        if len(raw) != len(layers):
+            raise UnlearnInterpError(f"{len(raw)} raw norms for {len(layers)} vectors")
+        kept, residuals, dropped = _gram_schmidt(v, norms, rtol)
+        for i, residual in dropped:
+            why = "zero vector" if residual == 0 else "in the span of the earlier rows"
+            log.warning("subspace: dropped the vector of layer %s (%s)", layers[i], why)
+        if not kept:
+            raise UnlearnInterpError(
+                f"all {len(layers)} vectors (layers {layers}) are zero, so they span nothing"
+            )
+        units = v / norms.clamp_min(1e-300).unsqueeze(1)
+        extra = {
+            "input_layers": layers,
+            "rtol": rtol,
+            "residuals": [residuals[i] for i, _ in kept],
+            "dropped": [
+                {"layer": layers[i], "raw_norm": raw[i], "residual": r} for i, r in dropped
+            ],
+            "cosines": (units @ units.T).tolist(),
+        }
+        extra.update(metadata or {})
+        return cls(
+            basis=torch.stack([row for _, row in kept]).float(),
+            layers=[layers[i] for i, _ in kept],
+            raw_norms=[raw[i] for i, _ in kept],
+            positions=positions,
+            n_prompts=n_prompts,
+            method=method,
+            model_name=model_name,
+            metadata=extra,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the basis, as JSON-ready values."""
+        return {
+            "format": SUBSPACE_FORMAT,
+            "k": self.k,
+            "d_model": self.d_model,
+            "layers": list(self.layers),
+            "raw_norms": list(self.raw_norms),
+            "positions": self.positions,
+            "n_prompts": self.n_prompts,
+            "method": self.method,
+            "model_name": self.model_name,
+            "metadata": _json_ready(self.metadata),
+        }
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any], basis: Tensor) -> Subspace:
+        names = ("layers", "raw_norms", "positions", "n_prompts", "method", "model_name")
+        missing = [name for name in names if name not in fields]
+        if missing:
+            raise UnlearnInterpError(f"subspace metadata lacks the field(s) {', '.join(missing)}")
+        for key, size in (("k", basis.shape[0]), ("d_model", basis.shape[1])):
+            if key in fields and fields[key] != size:
+                raise UnlearnInterpError(
+                    f"subspace metadata says {key} {fields[key]} but the basis has shape "
+                    f"{tuple(basis.shape)}"
+                )
+        for key in ("layers", "raw_norms"):
+            if not isinstance(fields[key], list):
+                raise UnlearnInterpError(f"subspace metadata field {key} must be a list")
+        kwargs = {name: fields[name] for name in names}
+        return cls(basis=basis, metadata=dict(fields.get("metadata") or {}), **kwargs)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``subspace.safetensors`` (key ``"basis"``) and ``subspace.json``, atomically.
+
+        ``path`` is a directory (a run directory), or a ``.safetensors``/``.json`` file name whose
+        twin is written beside it. Returns the safetensors path.
+        """
+        tensor_path, json_path = _direction_paths(path, SUBSPACE_TENSOR_FILE, SUBSPACE_JSON_FILE)
+        models.save_weights({"basis": self.basis}, tensor_path, {"format": SUBSPACE_FORMAT})
+        write_json(json_path, {**self.to_dict(), "library_versions": library_versions()})
+        return tensor_path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Subspace:
+        """Read a subspace written by :meth:`save`, refusing NaN, wrong shapes and a basis that is
+        not orthonormal, each in one sentence naming the file.
+
+        >>> sub = Subspace.load("runs/demo")               # doctest: +SKIP
+        """
+        tensor_path, json_path = _direction_paths(path, SUBSPACE_TENSOR_FILE, SUBSPACE_JSON_FILE)
+        tensors = models.load_weights(tensor_path)  # refuses NaN / inf
+        if "basis" not in tensors:
+            raise UnlearnInterpError(f"{tensor_path} has no tensor named 'basis'")
+        basis = tensors["basis"]
+        if basis.ndim != 2 or basis.shape[0] == 0:
+            raise UnlearnInterpError(
+                f"{tensor_path}: 'basis' has shape {tuple(basis.shape)}, expected [k, d_model]"
+            )
+        fields = read_json(json_path)
+        if not isinstance(fields, dict):
+            raise UnlearnInterpError(f"{json_path} does not hold a JSON object")
+        try:
+            return cls.from_dict(fields, basis)
+        except UnlearnInterpError as err:
+            raise UnlearnInterpError(f"{json_path}: {err}") from err
+
+
+def _gram_schmidt(
+    vectors: Tensor, norms: Tensor, rtol: float
+) -> tuple[list[tuple[int, Tensor]], list[float], list[tuple[int, float]]]:
+    """``(kept (index, unit row), residual of every vector, dropped (index, residual))``, all
+    float64; a vector's residual is the length of its unit vector's part orthogonal to the rows
+    kept before it (the sine of its angle to their span)."""
+    kept: list[tuple[int, Tensor]] = []
+    residuals: list[float] = []
+    dropped: list[tuple[int, float]] = []
+    for i, (vector, norm) in enumerate(zip(vectors, norms, strict=True)):
+        if norm == 0:
+            residuals.append(0.0)
+            dropped.append((i, 0.0))
+            continue
+        w = vector / norm
+        for _ in range(2):  # twice: one pass leaves ~1e-16 relative error behind, per row kept
+            for _, row in kept:
+                w = w - (row @ w) * row
+        residual = float(w.norm())
+        residuals.append(residual)
+        if residual <= rtol:
+            dropped.append((i, residual))
+        else:
+            kept.append((i, w / residual))
+    return kept, residuals, dropped
+
+
+def subspace_layers(config: Any) -> list[int]:
+    """The layers whose junk directions span the default subspace of an RMU run: the output of
+    each updated block (the residual stream after it), i.e. ``config.update_layers``.
+
+    ``config`` is an ``rmu.RMUConfig`` (or ``RMUResult.config``) or the ``"rmu"`` section of a run's
+    ``config.json``.
+
+    >>> subspace_layers({"layer": 7, "update_layers": [5, 6, 7]})
+    [5, 6, 7]
+    """
+    layers = config.get("update_layers") if isinstance(config, Mapping) else None
+    if not isinstance(config, Mapping):
+        layers = getattr(config, "update_layers", None)
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers:
+        raise UnlearnInterpError(
+            f"the RMU config names no update_layers (got {layers!r}), so there is no default "
+            "subspace; give the layers"
+        )
+    return [int(layer) for layer in layers]
+
+
+def junk_subspace(
+    model: HookedTransformer,
+    base: Variant | None,
+    unlearned: Variant,
+    prompts: Sequence[str],
+    layers: Sequence[int],
+    *,
+    positions: Positions = "last",
+    control_vectors: Float[Tensor, "*topic d_model"] | None = None,
+    rtol: float = DEPENDENT_RTOL,
+    batch_size: int = 16,
+    max_len: int | None = None,
+) -> Subspace:
+    """The span of the difference-in-means junk directions at ``layers`` (default choice:
+    :func:`subspace_layers`, one per updated block), orthonormalised in the order given.
+
+    Each direction is :func:`junk_direction`'s (mean unlearned minus mean base activation at
+    ``positions``, padding excluded), all from one forward pass per variant and batch, stopped
+    after the deepest layer. Layers with no difference, or whose direction lies in the span of
+    the earlier ones, are dropped and listed in ``metadata["dropped"]``. With
+    ``control_vectors`` the cosine of each with the subspace is kept in
+    ``metadata["cos_with_control_vectors"]``.
+
+    >>> sub = junk_subspace(model, base, rmu, prompts, layers=[6, 7])        # doctest: +SKIP
+    >>> ablated = rmu.with_hooks(ablation_hooks(sub.basis))                   # doctest: +SKIP
+    """
+    layers = _check_layers(model, layers)
+    cands = candidate_directions(
+        model, base, unlearned, prompts, layers, positions, control_vectors, batch_size, max_len
+    )
+    sub = cands.subspace(layers, rtol=rtol)
+    if control_vectors is not None:
+        sub.metadata["cos_with_control_vectors"] = sub.cos_with(control_vectors).tolist()
+    return sub
+
+
+def random_subspace(
+    d_model: int, k: int, seed: int, orthogonal_to: Float[Tensor, "*m d_model"] | None = None
+) -> Float[Tensor, "k d_model"]:
+    """``k`` orthonormal rows drawn uniformly (Haar) among k-frames, reproducible from ``seed``;
+    inside the orthogonal complement of ``orthogonal_to`` (rows, need not be orthonormal) when
+    given. The control of matched dimension for a subspace ablation.
+
+    >>> r = random_subspace(4096, 3, seed=0, orthogonal_to=sub.basis)   # doctest: +SKIP
+    >>> float((r @ sub.basis.T).abs().max()) < 1e-6                     # doctest: +SKIP
+    True
+    """
+    for name, value in (("d_model", d_model), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UnlearnInterpError(f"{name} {value!r} must be a positive integer")
+    generator = torch.Generator().manual_seed(int(seed))
+    gaussian = torch.randn(d_model, k, generator=generator, dtype=torch.float64)
+    m = 0
+    if orthogonal_to is not None:
+        others = orthogonal_to.detach().to("cpu", torch.float64).reshape(-1, d_model)
+        m = others.shape[0]
+        if m + k > d_model:
+            raise UnlearnInterpError(
+                f"cannot fit {k} directions orthogonal to {m} others in {d_model} dimensions"
+            )
+        span, _ = torch.linalg.qr(others.T)  # [d_model, m], orthonormal columns
+        for _ in range(2):  # twice, as in random_direction
+            gaussian = gaussian - span @ (span.T @ gaussian)
+    q, r = torch.linalg.qr(gaussian)
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)  # fixes QR's signs: Haar, not biased
+    return q.T.float().contiguous()
+
+
+def random_subspace_control(subspace: Subspace, seed: int = 0, orthogonal: bool = True) -> Subspace:
+    """A random control for ``subspace``: same dimension, layers and raw norms, a
+    :func:`random_subspace` basis orthogonal to it unless ``orthogonal=False``.
+
+    >>> rand = random_subspace_control(sub, seed=0)                       # doctest: +SKIP
+    >>> ctrl = rmu.with_hooks(ablation_hooks(rand.basis), name="rmu_random_subspace_ablated")  # doctest: +SKIP
+    """
+    basis = random_subspace(
+        subspace.d_model, subspace.k, seed, orthogonal_to=subspace.basis if orthogonal else None
+    )
+    return Subspace(
+        basis=basis,
+        layers=subspace.layers,
+        raw_norms=subspace.raw_norms,
+        positions=subspace.positions,
+        n_prompts=0,
+        method="random",
+        model_name=subspace.model_name,
+        metadata={"seed": seed, "orthogonal_to_junk": orthogonal, "control_for": subspace.method},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
