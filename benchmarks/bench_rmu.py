@@ -10,7 +10,8 @@ unembedding, captures the residual stream after block ``layer`` with a hook, lea
 parameter requiring grad (as ``from_pretrained`` does) and back-propagates
 ``mse(h, c*u) + alpha * mse(h_R, h_frz_R)`` once per step. ``train_rmu`` runs the same
 algorithm with ``mask_padding=False`` (the reference's unmasked loss), from the same seed,
-control vectors, batches and optimiser (AdamW, no weight decay).
+control vectors, batches and optimiser (AdamW, no weight decay, eps ``cfg.adam_eps``: 1e-6,
+the reference's ``transformers.AdamW`` default).
 
 Model ("zephyr-small", default): Zephyr-7B proportions at d_model 256 -- 32 blocks, gated SiLU
 MLP (d_mlp 896 = 3.5 d_model), RMSNorm, rotary, 8 heads / 2 key-value heads, vocabulary 2000;
@@ -122,7 +123,7 @@ def reference_loop(
     frozen = copy.deepcopy(model)  # the reference loads the checkpoint a second time
     names = [models.mlp_out_param(layer) for layer in cfg.update_layers]
     optimizer = torch.optim.AdamW(
-        [models.get_param(updated, n) for n in names], lr=cfg.lr, weight_decay=0.0
+        [models.get_param(updated, n) for n in names], lr=cfg.lr, eps=cfg.adam_eps, weight_decay=0.0
     )
     hook_name = models.resid_hook(cfg.layer)
     device = model.embed.W_E.device

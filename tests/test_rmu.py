@@ -110,6 +110,9 @@ def test_update_layers_default_to_layer_minus_two_to_layer_clamped_at_zero():
         ({"steering_coef": 0.0}, "steering_coef"),
         ({"steering_coef": float("nan")}, "steering_coef"),
         ({"lr": 0.0}, "lr"),
+        ({"adam_eps": 0.0}, "adam_eps"),
+        ({"adam_eps": -1e-6}, "adam_eps"),
+        ({"adam_eps": float("inf")}, "adam_eps"),
         ({"batch_size": 0}, "batch_size"),
         ({"max_len": 0}, "max_len"),
         ({"adaptive_beta": -2.0}, "adaptive_beta"),
@@ -132,6 +135,92 @@ def test_config_round_trips_through_json():
     assert again.per_topic("max_len", 2) == [512, 768]
     with pytest.raises(UnlearnInterpError, match="steering_coeff"):
         rmu.RMUConfig.from_dict({**cfg.to_dict(), "steering_coeff": 1.0})
+
+
+def test_adam_eps_defaults_to_the_reference_and_is_recorded():
+    cfg = rmu.RMUConfig(layer=7)
+    assert cfg.adam_eps == 1e-6 and cfg.to_dict()["adam_eps"] == 1e-6
+    assert rmu.RMUConfig.from_dict({"layer": 7, "adam_eps": 1e-8}).adam_eps == 1e-8
+    assert rmu.RMUConfig.from_dict({"layer": 7}).adam_eps == 1e-6  # a config for a new run
+
+
+class _SpyAdamW(torch.optim.AdamW):
+    """torch's AdamW, recording its eps and the gradients of its first step."""
+
+    seen: list[dict] = []
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        _SpyAdamW.seen.append({"kwargs": kwargs, "grads": None})
+
+    def step(self, closure=None):
+        record = _SpyAdamW.seen[-1]
+        if record["grads"] is None:
+            record["grads"] = [p.grad.clone() for g in self.param_groups for p in g["params"]]
+        return super().step(closure)
+
+
+def test_the_optimiser_receives_adam_eps_and_its_first_step_is_lr_g_over_abs_g_plus_eps(
+    word_tokenizer, monkeypatch
+):
+    """Adam's first step is exactly -lr * g / (|g| + eps) (bias-corrected moments g and g^2):
+    the trained weights show which eps was used."""
+    monkeypatch.setattr(torch.optim, "AdamW", _SpyAdamW)
+    _SpyAdamW.seen.clear()
+    cfg = rmu.RMUConfig(layer=1, steering_coef=6.5, alpha=1200.0, lr=5e-5, steps=1, batch_size=2)
+    result = rmu.train_rmu(_model(word_tokenizer), [FORGET_A], [RETAIN], cfg, progress=False)
+    (record,) = _SpyAdamW.seen
+    assert record["kwargs"] == {"lr": 5e-5, "eps": 1e-6, "weight_decay": 0.0}
+    names = [models.mlp_out_param(layer) for layer in cfg.update_layers]
+    for name, g in zip(names, record["grads"], strict=True):
+        before, after = result.base_weights[name].double(), result.unlearned_weights[name].double()
+        rounding = 2 * torch.finfo(torch.float32).eps * torch.maximum(before.abs(), after.abs())
+        g = g.double()
+        with_1e6, with_1e8 = (before - 5e-5 * g / (g.abs() + eps) for eps in (1e-6, 1e-8))
+        assert ((after - with_1e6).abs() <= rounding).all()  # every element: eps 1e-6
+        # Where the two eps give steps further apart than float32 can blur (gradients below
+        # ~1e-3: 6-9% of the elements here), eps 1e-8 is ruled out.
+        apart = (with_1e6 - with_1e8).abs() > 4 * rounding
+        assert apart.double().mean() > 0.02
+        assert ((after - with_1e8).abs() > rounding)[apart].all()
+
+
+def test_adam_eps_1e6_and_1e8_train_different_weights(word_tokenizer):
+    runs = {}
+    for eps in (1e-6, 1e-8):
+        cfg = rmu.RMUConfig(layer=1, lr=5e-5, steps=6, batch_size=2, adam_eps=eps)
+        runs[eps] = rmu.train_rmu(_model(word_tokenizer), [FORGET_A], [RETAIN], cfg, progress=False)
+    for name, base in runs[1e-6].base_weights.items():
+        step_6, step_8 = (runs[eps].unlearned_weights[name] - base for eps in (1e-6, 1e-8))
+        # Measured 0.1-0.2% on this model (float noise: ~1e-7); the smaller eps steps further.
+        assert float((step_6 - step_8).norm() / step_6.norm()) > 2e-4
+        assert step_8.norm() > step_6.norm()
+
+
+def test_a_run_saved_before_adam_eps_existed_loads_with_the_eps_it_used(word_tokenizer, tmp_path):
+    cfg = rmu.RMUConfig(layer=1, steps=1, batch_size=2)
+    rmu.train_rmu(_model(word_tokenizer), [FORGET_A], [RETAIN], cfg, progress=False).save(tmp_path)
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert record["rmu"]["adam_eps"] == 1e-6
+    assert rmu.RMUResult.load(tmp_path).config.adam_eps == 1e-6
+    del record["rmu"]["adam_eps"]
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    assert rmu.RMUResult.load(tmp_path).config.adam_eps == rmu.LEGACY_ADAM_EPS == 1e-8
+
+
+def test_gaussian_control_vectors_train_end_to_end_and_are_recorded(word_tokenizer, tmp_path):
+    cfg = rmu.RMUConfig(layer=1, control_vector="gaussian", steering_coef=20.0, steps=2,
+                        batch_size=2, seed=5)  # fmt: skip
+    result = rmu.train_rmu(_model(word_tokenizer), [FORGET_A], [RETAIN], cfg, progress=False)
+    u = result.control_vectors[0]
+    assert torch.equal(u, rmu.make_control_vectors(1, 32, "gaussian", seed=5)[0])
+    assert (u < 0).sum() > 5  # not in the positive orthant, unlike the reference's uniform draw
+    assert abs(float(u.sum()) / 32**0.5) < 0.5  # cos with all-ones: ~0, not ~0.87
+    result.save(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["rmu"]["control_vector"] == "gaussian"
+    loaded = rmu.RMUResult.load(tmp_path)
+    assert loaded.config.control_vector == "gaussian"
+    assert torch.equal(loaded.control_vectors, result.control_vectors)
 
 
 def test_layer_out_of_range_for_the_model_is_one_sentence_naming_layer(word_tokenizer):

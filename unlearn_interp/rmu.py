@@ -22,6 +22,10 @@ What differs from the reference is the cost, not the result:
 * ``mask_padding=True`` (the default) excludes padding from both terms; ``False`` is the
   reference's unmasked mean, in which pads are pulled toward ``c * u`` too.
 
+The optimiser is the reference's: AdamW without weight decay and ``eps = 1e-6``
+(``transformers.AdamW``'s default; ``RMUConfig.adam_eps``). torch's own default, 1e-8, is not
+a detail here: RMU's gradients are tiny, so ``eps`` changes the size of every step.
+
 >>> cfg = RMUConfig(layer=7, steering_coef=6.5, alpha=1200.0, steps=150)     # doctest: +SKIP
 >>> result = train_rmu(model, forget=[bio, cyber], retain=[wiki, wiki], cfg=cfg)  # doctest: +SKIP
 >>> result.save("runs/zephyr_rmu")                                           # doctest: +SKIP
@@ -76,6 +80,10 @@ UNLEARNED_WEIGHTS_FILE = "unlearned_weights.safetensors"
 BASE_WEIGHTS_FILE = "base_weights.safetensors"
 HISTORY_FILE = "tables/rmu_history.csv"
 
+# AdamW eps of runs saved before RMUConfig had an adam_eps field: torch's default, which
+# train_rmu used then.
+LEGACY_ADAM_EPS = 1e-8
+
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -101,6 +109,8 @@ class RMUConfig:
     steering_coef: PerTopic = 6.5  # c: norm of the forget target c*u (ignored if adaptive_beta)
     alpha: PerTopic = 1200.0  # weight of the retain term
     lr: Number = 5e-5  # AdamW learning rate
+    adam_eps: Number = 1e-6  # AdamW eps: the reference's transformers.AdamW default; torch's
+    # 1e-8 takes other steps, RMU's gradients being small next to eps (runs before: 1e-8)
     batch_size: int = 4  # documents per forget batch and per retain batch
     steps: int = 150  # optimiser steps in total, topics alternating
     max_len: int | Sequence[int] = 512  # forget truncation in tokens (reference: 512 bio, 768
@@ -117,6 +127,7 @@ class RMUConfig:
         self._set("alpha", _checked_per_topic(self.alpha, "alpha", 0.0, strict=False))
         self._set("max_len", _checked_per_topic(self.max_len, "max_len", 1, integer=True))
         _check_number(self.lr, "lr", 0.0)
+        _check_number(self.adam_eps, "adam_eps", 0.0)
         _check_int(self.batch_size, "batch_size", minimum=1)
         _check_int(self.steps, "steps", minimum=1)
         if self.adaptive_beta is not None:
@@ -196,7 +207,9 @@ class RMUConfig:
 
     @classmethod
     def from_dict(cls, values: Any) -> RMUConfig:  # user JSON: checked here
-        """Inverse of :meth:`to_dict`; an unknown key is an error naming it."""
+        """Inverse of :meth:`to_dict`; an unknown key is an error naming it, a missing optional
+        one takes its default (``adam_eps`` too: a config file asks for a new run; a saved run's
+        record is read by :meth:`RMUResult.load`, which knows what older runs used)."""
         if not isinstance(values, Mapping):
             raise UnlearnInterpError(
                 f"RMUConfig must be an object of fields, got {type(values).__name__}"
@@ -428,12 +441,18 @@ class RMUResult:
         history_path = root / HISTORY_FILE
         if not history_path.is_file():
             raise UnlearnInterpError(f"{history_path} does not exist")
+        settings = record["rmu"]
+        if isinstance(settings, Mapping) and "adam_eps" not in settings:
+            # Written before the field existed, so trained with torch's default eps: say so,
+            # rather than let the new default claim a setting the run never used.
+            log.info("%s has no adam_eps: the run used %g", root / CONFIG_FILE, LEGACY_ADAM_EPS)
+            settings = {**settings, "adam_eps": LEGACY_ADAM_EPS}
         return cls(
             base_weights=models.load_weights(root / BASE_WEIGHTS_FILE),
             unlearned_weights=models.load_weights(root / UNLEARNED_WEIGHTS_FILE),
             control_vectors=vectors["control_vectors"],
             coefficients=vectors["coefficients"],
-            config=RMUConfig.from_dict(record["rmu"]),
+            config=RMUConfig.from_dict(settings),
             history=pd.read_csv(history_path),
             model_info=dict(record.get("model", {})),
         )
@@ -636,8 +655,10 @@ class _Trainer:
         for name, p in params.items():
             p.requires_grad_(name in self.names)
         trained = [params[name] for name in self.names]
-        # transformers.AdamW, which the reference used, defaults to no weight decay.
-        self.optimizer = torch.optim.AdamW(trained, lr=self.cfg.lr, weight_decay=0.0)
+        # transformers.AdamW, which the reference used, defaults to no weight decay, eps 1e-6.
+        self.optimizer = torch.optim.AdamW(
+            trained, lr=self.cfg.lr, eps=self.cfg.adam_eps, weight_decay=0.0
+        )
         try:
             yield
         except BaseException:
