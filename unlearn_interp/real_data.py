@@ -317,19 +317,24 @@ _SCIQ_FIELDS = ("question", "correct_answer", "distractor1", "distractor2", "dis
 
 def sciq_items(split_dir: str | os.PathLike, seed: int = 0) -> list[MCQItem]:
     """SciQ questions: the correct answer and three distractors, in an order shuffled by an RNG
-    keyed on ``seed`` and the question (the same on every machine and run).
+    keyed on ``seed`` and the question (the same on every machine and run). Questions whose
+    choices repeat one another (2 of SciQ's 1,000 validation questions) are left out.
 
     >>> items = sciq_items(".../hf_datasets/sciq/none/validation")         # doctest: +SKIP
     """
     items = []
     for where, row in _fields(split_dir, _SCIQ_FIELDS):
-        correct = _text(row, "correct_answer", where)
+        question, correct = _text(row, "question", where), _text(row, "correct_answer", where)
         choices = [correct] + [_text(row, f"distractor{k}", where) for k in (1, 2, 3)]
-        _rng(seed, row["question"]).shuffle(choices)
-        items.append(
-            MCQItem(row["question"], choices, choices.index(correct), subject=SCIENCE_SUBJECT)
-        )
+        _rng(seed, question).shuffle(choices)
+        if _distinct(choices):
+            items.append(MCQItem(question, choices, choices.index(correct), SCIENCE_SUBJECT))
     return items
+
+
+def _distinct(choices: Sequence[str]) -> bool:
+    """No two choices the same, ignoring case and surrounding spaces."""
+    return len({c.strip().lower() for c in choices}) == len(choices)
 
 
 def sciq_supports(split_dir: str | os.PathLike) -> dict[str, str]:
@@ -342,8 +347,8 @@ def sciq_supports(split_dir: str | os.PathLike) -> dict[str, str]:
 
 
 def arc_items(split_dir: str | os.PathLike) -> list[MCQItem]:
-    """ARC (Easy or Challenge) questions with exactly four choices; labels ``A``-``D`` or
-    ``1``-``4`` (questions with three or five choices are left out).
+    """ARC (Easy or Challenge) questions with exactly four distinct choices; labels ``A``-``D``
+    or ``1``-``4`` (questions with three or five choices, or a repeated one, are left out).
 
     >>> items = arc_items(".../hf_datasets/ai2_arc/ARC-Easy/validation")   # doctest: +SKIP
     """
@@ -351,7 +356,7 @@ def arc_items(split_dir: str | os.PathLike) -> list[MCQItem]:
 
 
 def openbookqa_items(split_dir: str | os.PathLike) -> list[MCQItem]:
-    """OpenBookQA questions (``question_stem``, four labelled choices).
+    """OpenBookQA questions (``question_stem``, four distinct labelled choices).
 
     >>> items = openbookqa_items(".../hf_datasets/openbookqa/main/validation")  # doctest: +SKIP
     """
@@ -365,7 +370,11 @@ def _labelled_items(split_dir: str | os.PathLike, question_field: str) -> list[M
         if not isinstance(choices, Mapping) or not {"text", "label"} <= set(choices):
             raise UnlearnInterpError(f"{where}: field 'choices' lacks 'text' and 'label' lists")
         texts, labels = list(choices["text"]), list(choices["label"])
-        if len(texts) != data.N_CHOICES:
+        if len(texts) != len(labels):
+            raise UnlearnInterpError(
+                f"{where}: field 'choices' has {len(texts)} texts but {len(labels)} labels"
+            )
+        if len(texts) != data.N_CHOICES or not _distinct(texts):
             continue
         if row["answerKey"] not in labels:
             raise UnlearnInterpError(
