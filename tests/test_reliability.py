@@ -584,7 +584,7 @@ def prepared_run(tmp_path_factory, tokenizer):
     exp = _experiment(tokenizer)
     run = pipeline.RunDir(root)
     cfg = rmu.RMUConfig(layer=1, steps=4, batch_size=2, max_len=32, lr=1e-2, steering_coef=20.0)
-    pipeline.step_unlearn(run, exp, cfg, [FORGET], [RETAIN_DOCS], progress=False)
+    pipeline.step_unlearn(run, exp.model, cfg, [FORGET], [RETAIN_DOCS], progress=False)
     pipeline.step_direction(run, exp)
     return root
 
@@ -640,7 +640,7 @@ def test_pipeline_step_leaves_no_hook_no_swapped_weight_and_no_output_after_an_e
     with pytest.raises(kind, match="boom"):
         if step == "unlearn":
             cfg = rmu.RMUConfig(layer=1, steps=4, batch_size=2, max_len=32, lr=1e-2)
-            compute(run, exp, cfg, [FORGET], [RETAIN_DOCS], progress=False)
+            compute(run, exp.model, cfg, [FORGET], [RETAIN_DOCS], progress=False)
         else:
             compute(run, exp)
     assert hooks_left(exp.model) == []

@@ -30,7 +30,11 @@ _SUBMODULES = {
     "organism",
     "pipeline",
     "plotting",
+    "real_data",
     "rmu",
+    "sources",
+    "stats",
+    "study",
 }
 
 __all__ = ["UnlearnInterpError", "__version__", *sorted(_SUBMODULES)]

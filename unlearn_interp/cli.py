@@ -333,6 +333,9 @@ def _add_unlearn(sub: argparse._SubParsersAction) -> None:
         help="Adaptive RMU: c = beta * frozen forget-activation norm (replaces --steering-coef)",
     )
     parser.add_argument("--lr", type=float)
+    parser.add_argument(
+        "--adam-eps", type=float, metavar="EPS", help="AdamW eps (default 1e-6, the reference's)"
+    )
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument(
@@ -371,6 +374,7 @@ def _rmu_config_from_args(args: argparse.Namespace):
         "max_len": scalar_or_list(args.max_len),
         "adaptive_beta": args.adaptive_beta,
         "lr": args.lr,
+        "adam_eps": args.adam_eps,
         "batch_size": args.batch_size,
         "steps": args.steps,
         "control_vector": args.control_vector,
@@ -423,19 +427,43 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="the whole story on the model organism: pretrain, RMU, junk direction, ablation",
         description="Train (or load from cache) the model organism, unlearn its hazardous domain "
         "with RMU, extract the junk direction, ablate it (and a random control), and write "
-        "metrics.json, report.md, tables and figures into --out. Finished steps are skipped "
-        "when run again.",
+        "metrics.json, report.md, tables and figures into --out. With --model smollm2-135m: "
+        "the same study on a real pretrained model and real data fetched from the package "
+        "index, over several seeds, with the junk subspace, controls and 95%% intervals. "
+        "Finished steps are skipped when run again.",
     )
     parser.add_argument("--out", required=True, metavar="RUN_DIR")
-    parser.add_argument("--size", choices=("demo", "test"), default="demo")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--model",
+        choices=("organism", "smollm2-135m"),
+        default="organism",
+        help="the model organism (default) or the real SmolLM2-135M study",
+    )
+    parser.add_argument("--size", choices=("demo", "test"), default="demo", help="organism size")
+    parser.add_argument("--seed", type=int, default=0, help="organism seed")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        metavar="S",
+        help="RMU seeds of the real-model study (default 0 1 2)",
+    )
+    _add_device_args(parser, dtype=False)
     parser.add_argument("--force", action="store_true", help="recompute every step")
     parser.set_defaults(handler=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from unlearn_interp import pipeline
+    from unlearn_interp import pipeline, study
 
+    if args.model != "organism":
+        metrics = study.run_model_demo(
+            args.out, model=args.model, seeds=args.seeds, device=args.device, force=args.force,
+            progress=not args.quiet,
+        )  # fmt: skip
+        sys.stdout.write(study.summary_text(metrics, args.out))
+        return 0
     metrics = pipeline.run_demo(
         args.out, size=args.size, seed=args.seed, force=args.force, progress=not args.quiet
     )

@@ -182,7 +182,7 @@ def step_direction(run: RunDir, exp: Experiment) -> None:
     def compute() -> None:
         variants = unlearned_variants(run, exp.model)
         base, unl = variants["base"], variants["rmu"]
-        controls = _control_vectors(run)
+        controls = control_vectors(run)
         candidates = directions.candidate_directions(
             exp.model,
             base,
@@ -210,7 +210,8 @@ def step_direction(run: RunDir, exp: Experiment) -> None:
     )
 
 
-def _control_vectors(run: RunDir) -> torch.Tensor | None:
+def control_vectors(run: RunDir) -> torch.Tensor | None:
+    """The run's RMU control vectors ``[n_topics, d_model]``, or None when it has none."""
     path = run.path(rmu.CONTROL_VECTORS_FILE)
     return models.load_weights(path)["control_vectors"] if path.is_file() else None
 
@@ -254,7 +255,7 @@ def step_layer_profile(run: RunDir, exp: Experiment) -> None:
             list(variants.values()),
             {"forget": exp.forget_prompts, "retain": exp.retain_prompts},
             directions={"direction": junk.vector},
-            control_vectors=_control_vectors(run),
+            control_vectors=control_vectors(run),
             batch_size=exp.batch_size,
         )
         run.write_table("layer_profile", profile)
@@ -339,7 +340,7 @@ def compute_metrics(run: RunDir, exp: Experiment) -> dict[str, Any]:
             "cos_with_control_vector": max(cos_u, key=abs),
             "raw_norm": junk.raw_norm,
         },
-        "layer_profile": _profile_summary(run.table("layer_profile"), exp.layer),
+        "layer_profile": profile_summary(run.table("layer_profile"), exp.layer),
         "seconds": _seconds_summary(run.seconds()),
     }
     return metrics
@@ -356,7 +357,7 @@ def _mean_or_only(per_task: Mapping[str, float]) -> float:
     return values[0] if len(values) == 1 else float(sum(values) / len(values))
 
 
-def _profile_summary(profile: pd.DataFrame, layer: int) -> dict[str, float]:
+def profile_summary(profile: pd.DataFrame, layer: int) -> dict[str, float]:
     """The numbers the blog's plots show: norm ratio at the RMU layer, cosines after ablation."""
     forget = profile[profile["prompt_set"] == "forget"].set_index(["variant", "layer"])
     norm = forget["norm"]
@@ -482,8 +483,26 @@ def organism_rmu_config(
 
 
 ORGANISM_RMU: dict[str, dict[str, Any]] = {
-    "demo": dict(steering_coef=1000.0, alpha=100.0, lr=1e-2, batch_size=4, steps=300, max_len=128),
-    "test": dict(steering_coef=400.0, alpha=100.0, lr=1e-2, batch_size=4, steps=200, max_len=128),
+    # adam_eps 1e-8 (torch's default): the value these settings were chosen with, before the
+    # reference's 1e-6 became RMUConfig's default; kept so the demo's numbers stay as published.
+    "demo": dict(
+        steering_coef=1000.0,
+        alpha=100.0,
+        lr=1e-2,
+        adam_eps=1e-8,
+        batch_size=4,
+        steps=300,
+        max_len=128,
+    ),
+    "test": dict(
+        steering_coef=400.0,
+        alpha=100.0,
+        lr=1e-2,
+        adam_eps=1e-8,
+        batch_size=4,
+        steps=200,
+        max_len=128,
+    ),
 }
 
 DEMO_TARGETS = {
@@ -538,7 +557,12 @@ def run_demo(
         run.record_seconds("organism", time.perf_counter() - start)
     exp = organism_experiment(org, seed, settings)
     step_unlearn(
-        run, exp, cfg, forget=[org.forget_corpus], retain=[org.retain_corpus], progress=progress
+        run,
+        exp.model,
+        cfg,
+        forget=[org.forget_corpus],
+        retain=[org.retain_corpus],
+        progress=progress,
     )
     metrics = run_analysis(
         run, exp, f"RMU is mostly shallow: the model organism ({size})", DEMO_TARGETS
@@ -549,19 +573,19 @@ def run_demo(
 
 def step_unlearn(
     run: RunDir,
-    exp: Experiment,
+    model: HookedTransformer,
     cfg: rmu.RMUConfig,
     forget: Sequence[Sequence[str]],
     retain: Sequence[Sequence[str]],
     progress: bool = True,
 ) -> None:
-    """Train RMU on ``exp.model`` and save the result; the model is left on its base weights."""
+    """Train RMU on ``model`` and save the result; the model is left on its base weights."""
 
     def compute() -> None:
-        result = rmu.train_rmu(exp.model, forget=forget, retain=retain, cfg=cfg, progress=progress)
+        result = rmu.train_rmu(model, forget=forget, retain=retain, cfg=cfg, progress=progress)
         with torch.no_grad():
             for name, value in result.base_weights.items():
-                models.get_param(exp.model, name).copy_(value)
+                models.get_param(model, name).copy_(value)
         result.save(run.root)
 
     outputs = [
@@ -636,7 +660,7 @@ def run_experiment(
         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
     )  # fmt: skip
     if rmu_config is not None:
-        step_unlearn(run, exp, rmu_config, forget_corpora, retain_corpora, progress)
+        step_unlearn(run, model, rmu_config, forget_corpora, retain_corpora, progress)
     else:
         step_unlearned_checkpoint(run, exp, unlearned)
     return run_analysis(run, exp, f"RMU is mostly shallow: {models.model_name(model)}")

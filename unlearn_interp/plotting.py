@@ -65,6 +65,10 @@ VARIANT_COLORS = {
     "rmu_random_ablated": "#7f7f7f",
     "adaptive_rmu": "#9467bd",
     "base_steered": "#ff7f0e",
+    "rmu_subspace_ablated": "#17becf",
+    "rmu_random_subspace_ablated": "#bcbd22",
+    "base_ablated": "#aec7e8",
+    "base_subspace_ablated": "#9edae5",
 }
 VARIANT_LABELS = {
     "base": "base",
@@ -73,9 +77,16 @@ VARIANT_LABELS = {
     "rmu_random_ablated": "RMU, random dir. ablated",
     "adaptive_rmu": "Adaptive RMU",
     "base_steered": "base + steering",
+    "rmu_subspace_ablated": "RMU, junk subspace ablated",
+    "rmu_random_subspace_ablated": "RMU, random subspace ablated",
+    "base_ablated": "base, junk ablated",
+    "base_subspace_ablated": "base, junk subspace ablated",
 }
 PROMPT_SET_ORDER = ("forget", "retain")
-VARIANT_DASHES = {"rmu_random_ablated": "dash"}  # the random control often lies on top of RMU
+VARIANT_DASHES = {
+    "rmu_random_ablated": "dash",
+    "rmu_random_subspace_ablated": "dash",
+}  # the random control often lies on top of RMU
 LEGEND_KEY = "legend key"  # meta of legend-only entries (reference lines, dash styles)
 
 TEMPLATE = go.layout.Template(pio.templates["plotly_white"])
@@ -467,8 +478,9 @@ def plot_accuracy_bars(
 
     ``accuracy`` columns: ``variant`` (e.g. base, rmu, rmu_ablated, rmu_random_ablated -- keep
     the random-direction control in: recovery means nothing without it), ``task`` (hazardous /
-    benign, or wmdp_bio / wmdp_cyber / mmlu), ``accuracy``; optional ``n`` (items per task:
-    draws 95% binomial error bars) and ``gap_recovered`` (used as given instead of computing
+    benign, or wmdp_bio / wmdp_cyber / mmlu), ``accuracy``; optional ``ci_low`` / ``ci_high``
+    (a 95% interval, e.g. from ``stats.accuracy_intervals``: drawn as error bars) or ``n``
+    (items per task: draws 95% binomial error bars) and ``gap_recovered`` (used as given instead of computing
     it with :func:`gap_recovered_table`). Bars of variants other than ``baseline`` and
     ``unlearned`` carry "NN% of gap" on tasks with a gap of at least ``min_gap``.
 
@@ -477,7 +489,7 @@ def plot_accuracy_bars(
     _check_columns(
         accuracy,
         required=("variant", "task", "accuracy"),
-        numeric=("accuracy", "n", "gap_recovered"),
+        numeric=("accuracy", "n", "gap_recovered", "ci_low", "ci_high"),
         table="accuracy",
     )
     gaps = _gap_lookup(accuracy, baseline=baseline, unlearned=unlearned, min_gap=min_gap)
@@ -519,10 +531,6 @@ def _accuracy_bar(
         if (variant, task) in gaps:
             text += f"<br>{gaps[(variant, task)]:.0%} of gap"
         texts.append(text)
-    error_y = None
-    if "n" in rows.columns:
-        p, n = rows["accuracy"].to_numpy(), rows["n"].to_numpy()
-        error_y = {"type": "data", "array": 1.96 * np.sqrt(p * (1 - p) / n), "thickness": 1.2}
     return go.Bar(
         x=tasks,
         y=rows["accuracy"],
@@ -533,9 +541,23 @@ def _accuracy_bar(
         insidetextanchor="start",  # at the bar's foot: clear of error bars and the chance line
         textangle=0,
         textfont={"size": FONT_SIZE - 1, "color": "white"},
-        error_y=error_y,
+        error_y=_error_bars(rows, "accuracy"),
         cliponaxis=False,
     )
+
+
+def _error_bars(rows: pd.DataFrame, column: str) -> dict | None:
+    """Plotly error bars from ``ci_low`` / ``ci_high`` columns (asymmetric), else a binomial
+    95% interval from ``n``, else none."""
+    value = rows[column].to_numpy(dtype=float)
+    if {"ci_low", "ci_high"} <= set(rows.columns):
+        return {"type": "data", "symmetric": False, "thickness": 1.2,
+                "array": rows["ci_high"].to_numpy(dtype=float) - value,
+                "arrayminus": value - rows["ci_low"].to_numpy(dtype=float)}  # fmt: skip
+    if "n" in rows.columns:
+        n = rows["n"].to_numpy(dtype=float)
+        return {"type": "data", "array": 1.96 * np.sqrt(value * (1 - value) / n), "thickness": 1.2}
+    return None
 
 
 def _accuracy_title(gaps: dict, tasks: list) -> str:
@@ -549,6 +571,41 @@ def _accuracy_title(gaps: dict, tasks: list) -> str:
     if len(rand) == len(junk):
         title += "; a random direction " + ", ".join(f"{g:.0%}" for g in rand)
     return title
+
+
+def plot_gap_recovered(gaps: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Horizontal bars of gap recovered with 95% intervals, one bar per row of ``gaps``.
+
+    ``gaps`` columns: ``label`` (what was ablated, against which base), ``gap_recovered``,
+    ``ci_low``, ``ci_high``; optional ``group`` (colours the bars, e.g. junk vs random
+    control). 0 = nothing came back, 1 = all of RMU's accuracy gap came back.
+
+    >>> fig = plot_gap_recovered(pd.DataFrame({"label": ["junk", "random"],
+    ...     "gap_recovered": [0.6, 0.0], "ci_low": [0.4, -0.1], "ci_high": [0.8, 0.1]}))
+    """
+    _check_columns(
+        gaps,
+        required=("label", "gap_recovered", "ci_low", "ci_high"),
+        numeric=("gap_recovered", "ci_low", "ci_high"),
+        table="gap recovered",
+    )
+    groups = gaps["group"] if "group" in gaps.columns else pd.Series(["gap"] * len(gaps))
+    colors = _colors_for(_ordered(groups))
+    fig = go.Figure()
+    for group in _ordered(groups):
+        rows = gaps[groups.to_numpy() == group]
+        fig.add_trace(go.Bar(
+            y=rows["label"], x=rows["gap_recovered"], orientation="h", name=str(group),
+            marker_color=colors[group], error_x=_error_bars(
+                rows.rename(columns={"gap_recovered": "value"}), "value"),
+            text=[f"{g:.0%}" for g in rows["gap_recovered"]], textposition="outside",
+        ))  # fmt: skip
+    for x in (0, 1):
+        fig.add_vline(x=x, line={"dash": "dot", "color": "grey", "width": 1})
+    fig.update_xaxes(title_text="gap recovered: (intervened - RMU) / (base - RMU)")
+    fig.update_yaxes(autorange="reversed")
+    height = max(FIG_HEIGHT, 90 + 34 * len(gaps))
+    return style_figure(fig, title=title or "Gap recovered, with 95% intervals", height=height)
 
 
 # ----------------------------------------------------------------------------- training

@@ -1,0 +1,132 @@
+"""study.py: the multi-seed study (junk direction and subspace, controls, ablated base, intervals)
+end to end on the test-size model organism, whose RMU really drops hazardous accuracy."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from unlearn_interp import directions, pipeline, real_data, stats, study
+from unlearn_interp.errors import UnlearnInterpError
+
+
+def organism_study(org) -> study.Study:
+    """The organism as a Study: hazardous is the forget task, benign the retain task."""
+    data = real_data.StudyData(
+        topic="hazardous", forget_corpus=org.forget_corpus, retain_corpus=org.retain_corpus,
+        tasks={"hazardous": org.hazardous_mcq, "benign": org.benign_mcq},
+        task_modes={"hazardous": org.mcq_mode, "benign": org.mcq_mode},
+        task_templates={"hazardous": org.qa_template, "benign": org.qa_template},
+        forget_tasks=("hazardous",), forget_prompts=org.hazardous_prompts,
+        retain_prompts=org.benign_prompts, generation_prompts=org.hazardous_prompts[:2],
+        counts={}, provenance={"source": "test organism"},
+    )  # fmt: skip
+    cfg = pipeline.organism_rmu_config(org)
+    arms = (
+        study.Arm("rmu", cfg, (0, 1)),
+        study.Arm("rmu_gaussian", study.with_changes(cfg, control_vector="gaussian"), (0,),
+                  study.ARM_VARIANTS),
+    )  # fmt: skip
+    return study.Study(org.model, data, arms, batch_size=32, max_new_tokens=8, title="organism")
+
+
+@pytest.fixture(scope="module")
+def study_run(organism_test, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    loaded = organism_study(organism_test)
+    metrics = study.run_study(pipeline.RunDir(out), loaded, progress=False)
+    return out, metrics, loaded
+
+
+def test_study_scores_every_variant_of_every_seed_on_the_same_items(study_run):
+    out, _, loaded = study_run
+    per_item = pd.read_csv(out / "tables/per_item.csv")
+
+    def n_items(variant: str) -> int:
+        return sum(len(t.items) for t in loaded.tasks_for(variant.split(":")[-1]).values())
+
+    expected = n_items("base") + sum(
+        n_items(v) * len(arm.seeds) for arm in loaded.arms for v in arm.variants
+    )
+    assert len(per_item) == expected
+    counts = per_item.groupby(["arm", "seed", "variant"], dropna=False).size()
+    assert all(n == n_items(key[2]) for key, n in counts.items())
+    # the random controls are scored on the forget task only, everything else on both
+    assert n_items("rmu_random_ablated") == len(loaded.data.tasks["hazardous"])
+    assert n_items("base_subspace_ablated") == n_items("base")
+
+
+def test_study_rmu_drops_the_forget_task_and_the_intervals_hold_the_means(study_run):
+    _, metrics, _ = study_run
+    acc, ci = metrics["accuracy"], metrics["accuracy_ci"]
+    assert acc["rmu"]["hazardous"] <= acc["base"]["hazardous"] - 0.3
+    assert acc["rmu"]["benign"] >= acc["base"]["benign"] - 0.15
+    for variant, tasks in acc.items():
+        for task, value in tasks.items():
+            assert ci[variant][task]["ci_low"] <= value <= ci[variant][task]["ci_high"]
+    assert ci["rmu"]["hazardous"]["n_seeds"] == 2
+
+
+def test_study_gap_recovered_has_every_ablation_and_its_control(study_run):
+    _, metrics, _ = study_run
+    assert set(metrics["gap_recovered"]) == set(study.GAPS)
+    for name, value in metrics["gap_recovered"].items():
+        low, high = (metrics["gap_recovered_ci"][name][k] for k in ("ci_low", "ci_high"))
+        assert low <= value <= high
+    gaussian = metrics["arms"]["rmu_gaussian"]["gap_recovered"]
+    assert set(gaussian) == {"junk", "subspace", "random_subspace"}
+    # the junk direction of the organism's RMU is its control vector; a random one is not
+    assert metrics["junk_direction"]["cos_with_control_vector"] > 0.9
+
+
+def test_study_subspaces_are_orthonormal_and_their_controls_orthogonal(study_run):
+    out, _, loaded = study_run
+    seed_dir = out / loaded.headline.seed_dir(1)
+    junk = directions.Subspace.load(seed_dir / study.SUBSPACE_FILE)
+    random = directions.Subspace.load(seed_dir / study.RANDOM_SUBSPACE_FILE)
+    assert junk.k == random.k >= 1
+    eye = torch.eye(junk.k)
+    assert torch.allclose(junk.basis @ junk.basis.T, eye, atol=1e-5)
+    assert float((random.basis @ junk.basis.T).abs().max()) < 1e-5
+    assert junk.layers == tuple(loaded.headline.config.update_layers)[: len(junk.layers)]
+
+
+def test_study_writes_report_figures_and_resumes_without_recomputing(study_run):
+    out, metrics, loaded = study_run
+    for name in study.STUDY_FIGURES:
+        assert (out / f"figures/{name}.html").is_file()
+    report = (out / "report.md").read_text()
+    assert "Gap recovered" in report and "junk subspace (vs base)" in report
+    assert json.loads((out / "metrics.json").read_text())["forget_tasks"] == ["hazardous"]
+    seconds = json.loads((out / pipeline.STEP_TIMES).read_text())
+    again = study.run_study(pipeline.RunDir(out), loaded, progress=False)
+    assert json.loads((out / pipeline.STEP_TIMES).read_text()) == seconds
+    assert again["accuracy"] == metrics["accuracy"]
+    assert "gap recovered" in study.summary_text(again, out)
+
+
+def test_study_refuses_to_resume_a_seed_trained_with_other_settings(study_run, tmp_path):
+    out, _, loaded = study_run
+    changed = study.Arm("rmu", study.with_changes(loaded.headline.config, steps=3), (0,))
+    other = study.Study(loaded.model, loaded.data, (changed,))
+    with pytest.raises(UnlearnInterpError, match="other settings"):
+        study.run_seed(pipeline.RunDir(out), other, changed, 0, progress=False)
+
+
+def test_real_model_demo_names_the_only_model_it_knows(tmp_path):
+    with pytest.raises(UnlearnInterpError, match="smollm2-135m"):
+        study.run_model_demo(tmp_path, model="gpt2")
+    with pytest.raises(UnlearnInterpError, match="distinct"):
+        study.run_model_demo(tmp_path, seeds=[0, 0])
+
+
+def test_gap_rows_are_the_mean_over_forget_tasks(study_run):
+    out, metrics, _ = study_run
+    gaps = pd.read_csv(out / "tables/gap_recovered.csv")
+    mean = gaps[(gaps["task"] == stats.MEAN_TASK) & (gaps["arm"] == "rmu")].set_index("gap")
+    assert mean.loc["subspace", "gap_recovered"] == pytest.approx(
+        metrics["gap_recovered"]["subspace"]
+    )
