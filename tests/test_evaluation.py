@@ -17,7 +17,7 @@ from conftest import save_hf_checkpoint
 from unlearn_interp import cli, data, evaluation, models
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.interventions import Variant, add_vector_hook
+from unlearn_interp.interventions import Variant, add_vector_hook, project_out_hook
 
 WORDS = [
     "fox",
@@ -198,27 +198,25 @@ def test_continuation_scores_equal_lm_evaluation_harness_mmlu_continuation(
 # ---------------------------------------------------------------------------------------------
 
 
-def count_rows(model):
-    """A hook counting the sequences that go through the model."""
-    seen = []
-
-    def hook(x, hook):
-        seen.append(x.shape[0])
-
-    return seen, ("hook_embed", hook)
-
-
 @pytest.mark.parametrize(
-    ("tok_fixture", "per_question"), [("letter_tokenizer", 1), ("tokenizer", 4)]
+    ("tok_fixture", "letter_tokens"), [("letter_tokenizer", 1), ("tokenizer", 2)]
 )
-def test_letter_mode_runs_one_sequence_per_question_when_letters_are_one_token(
-    request, tok_fixture, per_question
+def test_letter_mode_runs_each_question_once_and_only_the_rest_of_longer_letters_on_top(
+    request, tok_fixture, letter_tokens
 ):
-    model = small_model(request.getfixturevalue(tok_fixture))
-    seen, hook = count_rows(model)
+    tokenizer = request.getfixturevalue(tok_fixture)
+    assert len(tokenizer(" A", add_special_tokens=False)["input_ids"]) == letter_tokens
+    model = small_model(tokenizer)
+    seen = []
+    hook = ("hook_embed", lambda x, hook: seen.append(tuple(x.shape[:2])))
     evaluation.mcq_accuracy(model, ITEMS[:10], batch_size=4, fwd_hooks=[hook], progress=False)
-    assert sum(seen) == 10 * per_question
-    assert len(seen) == math.ceil(10 * per_question / 4)
+    # Whole questions are many tokens wide; a letter's tokens after its first are 1 wide here.
+    questions = [rows for rows, width in seen if width > 1]
+    letters = [rows for rows, width in seen if width == 1]
+    assert questions == [4, 4, 2]
+    assert sum(letters) == 10 * 4 * (letter_tokens - 1)
+    assert max(rows for rows, _ in seen) <= 4
+    assert no_hooks_left(model)
 
 
 @torch.no_grad()
@@ -294,6 +292,86 @@ def test_encode_requests_moves_trailing_space_and_follows_bos_rules(letter_bos_t
     assert no_bos.context == req.context[1:]
     (already,) = evaluation.encode_requests(tok, [tok.bos_token + "Answer:"], [[" A"]])
     assert already.context == req.context  # no second BOS when the text starts with it
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuation scoring on a context cache: each context once, the continuations on top
+# ---------------------------------------------------------------------------------------------
+
+
+def random_requests(vocab: int, n_ctx: int, seed: int = 0) -> list[evaluation.Request]:
+    """Random token-id questions: contexts of 1-60 tokens with four choices of 1-6 tokens (mixed
+    lengths in one batch), plus the edge cases of the context window and of shared scoring."""
+    rng = random.Random(seed)
+
+    def ids(lo: int, hi: int) -> tuple[int, ...]:
+        return tuple(rng.randrange(3, vocab) for _ in range(rng.randint(lo, hi)))
+
+    requests = [
+        evaluation.Request(ids(1, 60), tuple(ids(1, 6) for _ in range(4))) for _ in range(20)
+    ]
+    return requests + [
+        # truncated on the left, as the harness does: scored as one full row per choice
+        evaluation.Request(ids(n_ctx + 9, n_ctx + 9), (ids(2, 2), ids(5, 5), ids(1, 1))),
+        # the longest choice just fits untruncated: context + 3 tokens = n_ctx inputs
+        evaluation.Request(ids(n_ctx - 3, n_ctx - 3), (ids(4, 4), ids(2, 2))),
+        # every choice one token: one row for all of them
+        evaluation.Request(ids(15, 15), tuple(ids(1, 1) for _ in range(4))),
+    ]
+
+
+def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])  # learned positions; rotary + grouped-query
+def test_context_cache_scores_equal_one_full_row_per_choice_within_1e_4(
+    tmp_path, tokenizer, family
+):
+    ckpt = seeded_checkpoint(family, tmp_path / family, tokenizer, std=0.3)
+    model = models.load_model(ckpt, device="cpu")
+    items = ITEMS[:8]
+    requests = random_requests(len(tokenizer), model.cfg.n_ctx) + evaluation.encode_requests(
+        tokenizer,
+        [evaluation.qa_prompt(i) for i in items],
+        [[f" {c}" for c in i.choices] for i in items],
+    )
+    assert sum(not r.shared for r in requests) > 20 and any(r.shared for r in requests)
+    rows = evaluation.score_requests(model, requests, 5, progress=False, reuse_context=False)
+    assert len({int(np.argmax(s)) for s in rows}) > 1  # otherwise equal predictions prove little
+    for batch_size in (1, 3, 64):  # one question per batch, batches that split questions, all
+        cached = evaluation.score_requests(model, requests, batch_size, progress=False)
+        assert max_abs_diff(cached, rows) < 1e-4
+        assert [int(np.argmax(s)) for s in cached] == [int(np.argmax(s)) for s in rows]
+
+    push, direction = torch.randn(2, model.cfg.d_model)
+    hooks = [
+        ("blocks.0.hook_resid_post", add_vector_hook(push)),
+        ("blocks.1.hook_resid_pre", project_out_hook(direction / direction.norm())),
+    ]
+    with model.hooks(fwd_hooks=hooks):
+        hooked_rows = evaluation.score_requests(
+            model, requests, 5, progress=False, reuse_context=False
+        )
+        hooked = evaluation.score_requests(model, requests, 5, progress=False)
+    assert max_abs_diff(hooked_rows, rows) > 1e-2
+    assert max_abs_diff(hooked, hooked_rows) < 1e-4
+    assert no_hooks_left(model)
+
+
+def test_context_cache_runs_each_context_once(tokenizer):
+    model = small_model(tokenizer)
+    requests = random_requests(len(tokenizer), model.cfg.n_ctx)[:20]
+    widths = {True: [], False: []}
+    for reuse in (True, False):
+        hook = ("hook_embed", lambda x, hook, reuse=reuse: widths[reuse].append(x.shape[1]))
+        with model.hooks(fwd_hooks=[hook]):
+            evaluation.score_requests(model, requests, 20, progress=False, reuse_context=reuse)
+    # one pass over the 20 contexts, then the choices' tokens after their first (at most 5)
+    n_longer = sum(len(c) > 1 for r in requests for c in r.continuations)
+    assert widths[True][0] == max(len(r.context) for r in requests)
+    assert len(widths[True]) == 1 + math.ceil(n_longer / 20) and max(widths[True][1:]) <= 5
+    assert len(widths[False]) == 4  # 80 full rows, 20 at a time
 
 
 # ---------------------------------------------------------------------------------------------

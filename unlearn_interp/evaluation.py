@@ -5,11 +5,14 @@ ablation recovers, side-by-side generations, confidence (MaxLogit, entropy) and 
   ``mmlu_*`` task: prompt from :func:`data.mcq_prompt`, continuations `` A`` .. `` D`` tokenised
   the way its ``HFLM`` does (``_encode_pair``, BOS as the tokenizer adds it), highest
   log-likelihood wins. When every letter is one token (every common tokenizer) the four scores
-  come from **one forward pass per question**, batched with left padding; otherwise each choice
-  is scored as its own sequence. Predictions equal the harness's item for item (tested).
+  come from **one forward pass per question**, batched with left padding; otherwise the prompt
+  runs once and each letter's remaining tokens on top of its cached keys and values (see
+  :func:`score_requests`). Predictions equal the harness's item for item (tested).
 * ``mode="continuation"``: each choice's text scored after a question prompt (sum of log-probs,
   and the byte-length-normalised variant, lm-evaluation-harness's ``acc_bytes``), for models that
-  never learned the letter format (the model organism).
+  never learned the letter format (the model organism). The prompt runs once per question, the
+  choices' tokens on top of its KV cache; the scores equal the harness's one sequence per choice
+  (tested).
 * :func:`gap_recovered`, :func:`compare_generations`, :func:`generate`, :func:`max_logit`,
   :func:`next_token_entropy`, :func:`retain_loss`.
 
@@ -26,6 +29,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -33,7 +37,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
+from transformer_lens import (
+    HookedTransformer,
+    TransformerLensKeyValueCache,
+    TransformerLensKeyValueCacheEntry,
+)
 from transformers import PreTrainedTokenizerBase
 
 from unlearn_interp import data
@@ -42,6 +50,7 @@ from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.interventions import Hook, Variant
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MODES = ("letter", "continuation")
 
@@ -363,40 +372,178 @@ def score_requests(
     requests: Sequence[Request],
     batch_size: int = 16,
     progress: bool = True,
+    *,
+    reuse_context: bool = True,
 ) -> list[np.ndarray]:
-    """Summed log-probability of every continuation of every request, ``[n_choices]`` each.
+    """Summed log-probability of every continuation of every request, ``[n_choices]`` each,
+    as lm-evaluation-harness's ``HFLM.loglikelihood`` computes it.
 
-    Requests whose continuations are all single tokens take one sequence (one forward row);
-    the others one per continuation. Rows are sorted by length so batches pad little, and only
-    the positions that are scored go through the unembedding.
+    Requests whose continuations are all single tokens take one sequence (one forward row).
+    With ``reuse_context`` (the default) the others run their context once, keep its keys and
+    values in a TransformerLens KV cache, and run only their continuations' tokens on top of it
+    (:func:`_score_on_context_cache`). A request whose context must be truncated to fit
+    ``n_ctx``, and every request with ``reuse_context=False``, takes one full sequence per
+    continuation, the harness's own way (kept as the reference). Both agree to float rounding
+    (tested to 1e-4 in float32). ``batch_size`` counts sequences per forward pass: contexts,
+    continuations or full rows. Rows are sorted by length so batches pad little, and only the
+    scored positions go through the unembedding.
+
+    Hooks see a cached request in two passes: its context, then its continuations' tokens
+    (right-padded rows). Hooks acting on every position alike (steering, ablation) give the
+    same scores either way; a hook that indexes positions does not.
+
+    >>> reqs = encode_requests(tok, ["Q: 2+2?\\nA:"], [[" four", " five"]])   # doctest: +SKIP
+    >>> score_requests(model, reqs)[0]                # array([-3.1, -4.7])  # doctest: +SKIP
     """
     _check_batch_size(batch_size)
     max_len = int(model.cfg.n_ctx)
-    rows = [row for i, r in enumerate(requests) for row in _rows_for(i, r, max_len)]
     if any(len(r.context) + 1 > max_len for r in requests):
         log.warning(
             "some prompts exceed the model's %d-token context; truncated on the left", max_len
         )
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].inputs))
+    cached = [
+        i for i, r in enumerate(requests) if reuse_context and _fits_context_cache(r, max_len)
+    ]
+    in_cache = set(cached)
+    rows = [
+        row for i, r in enumerate(requests) if i not in in_cache for row in _rows_for(i, r, max_len)
+    ]
+    n_continuations = sum(len(c) > 1 for i in cached for c in requests[i].continuations)
     scores = [np.zeros(len(r.continuations)) for r in requests]
-    pad_id = data.pad_token_id(model.tokenizer)
-    bar = tqdm(total=len(rows), desc="scoring", unit="seq", disable=None if progress else True)
+    total = len(rows) + len(cached) + n_continuations
+    bar = tqdm(total=total, desc="scoring", unit="seq", disable=None if progress else True)
     with torch.no_grad(), bar:
-        for chunk in _chunks(order, batch_size):
-            batch = [rows[i] for i in chunk]
-            logprobs = _last_logprobs(
-                model,
-                data.left_pad([r.inputs for r in batch], pad_id),
-                max(len(r.targets) for r in batch),
-            )
-            values = _gather(logprobs, [r.targets for r in batch])  # [batch, n_scored]
-            for row, v in zip(batch, values, strict=True):
-                if row.choice is None:
-                    scores[row.request][:] = v[: len(row.targets[0])]
-                else:
-                    scores[row.request][row.choice] = v[0]
-            bar.update(len(batch))
+        _score_rows(model, rows, scores, batch_size, bar)
+        for chunk in _chunks(sorted(cached, key=lambda i: -len(requests[i].context)), batch_size):
+            _score_on_context_cache(model, requests, chunk, scores, batch_size, bar)
     return scores
+
+
+def _fits_context_cache(request: Request, max_len: int) -> bool:
+    """True when the request is worth a context cache (some continuation is longer than one
+    token) and its context plus every continuation but the last token fits ``max_len``
+    untruncated, so that the harness's inputs are exactly ``context + continuation[:-1]``."""
+    longest = max(len(c) for c in request.continuations)
+    return longest > 1 and 0 < len(request.context) <= max_len + 1 - longest
+
+
+def _score_rows(
+    model: HookedTransformer,
+    rows: list[_Row],
+    scores: list[np.ndarray],
+    batch_size: int,
+    bar: tqdm,
+) -> None:
+    """Score full sequences (:func:`_rows_for`) into ``scores``, longest rows first."""
+    pad_id = data.pad_token_id(model.tokenizer)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].inputs))
+    for chunk in _chunks(order, batch_size):
+        batch = [rows[i] for i in chunk]
+        logprobs = _last_logprobs(
+            model,
+            data.left_pad([r.inputs for r in batch], pad_id),
+            max(len(r.targets) for r in batch),
+        )
+        values = _gather(logprobs, [r.targets for r in batch])  # [batch, n_scored]
+        for row, v in zip(batch, values, strict=True):
+            if row.choice is None:
+                scores[row.request][:] = v[: len(row.targets[0])]
+            else:
+                scores[row.request][row.choice] = v[0]
+        bar.update(len(batch))
+
+
+def _score_on_context_cache(
+    model: HookedTransformer,
+    requests: Sequence[Request],
+    chunk: list[int],
+    scores: list[np.ndarray],
+    batch_size: int,
+    bar: tqdm,
+) -> None:
+    """Score the requests ``chunk`` (at most ``batch_size``) into ``scores``.
+
+    One left-padded pass over their contexts fills a KV cache; its last position scores every
+    continuation's first token. Then the continuations' other tokens run on copies of their
+    request's cached row, ``batch_size`` rows at a time (:func:`_continuation_resid`).
+    Positions come from the attention masks, so each token sits where it would in the full
+    sequence ``context + continuation``. The scored positions of the whole chunk go through
+    the unembedding together (TransformerLens copies the unembedding matrix on every call).
+    """
+    reqs = [requests[i] for i in chunk]
+    batch = data.left_pad([r.context for r in reqs], data.pad_token_id(model.tokenizer))
+    batch = batch.to(model.cfg.device)
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(reqs))
+    resid = model(
+        batch.tokens,
+        attention_mask=batch.attention_mask,
+        past_kv_cache=cache,
+        stop_at_layer=model.cfg.n_layers,
+    )  # [n_req, ctx_pos, d_model]
+    bar.update(len(reqs))
+    slots = [(b, k) for b, r in enumerate(reqs) for k in range(len(r.continuations))]
+    slot = {bk: n for n, bk in enumerate(slots)}
+    finals = [resid[:, -1]]  # [n_req, d_model]: row b scores request b's first tokens
+    where = [b for b, _ in slots]  # per scored token: its row in finals, its id, its slot
+    target = [reqs[b].continuations[k][0] for b, k in slots]
+    owner = list(range(len(slots)))
+    rest = sorted((bk for bk in slots if len(reqs[bk[0]].continuations[bk[1]]) > 1),
+                  key=lambda bk: -len(reqs[bk[0]].continuations[bk[1]]))  # fmt: skip
+    n_finals = len(reqs)
+    for part in _chunks(rest, batch_size):
+        conts = [reqs[b].continuations[k] for b, k in part]
+        finals.append(_continuation_resid(model, _cache_rows(cache, [b for b, _ in part]), conts))
+        for bk, cont in zip(part, conts, strict=True):  # real positions come row by row
+            where += range(n_finals, n_finals + len(cont) - 1)
+            target += cont[1:]
+            owner += [slot[bk]] * (len(cont) - 1)
+            n_finals += len(cont) - 1
+        bar.update(len(part))
+    logprobs = _unembed(model, torch.cat(finals)[None]).float().log_softmax(-1)[0]
+    where_, target_ = (torch.tensor(x, device=logprobs.device) for x in (where, target))
+    picked = logprobs[where_, target_].double().cpu()  # [n_scored]
+    totals = torch.zeros(len(slots), dtype=torch.float64).index_add_(0, torch.tensor(owner), picked)
+    for (b, k), value in zip(slots, totals.tolist(), strict=True):
+        scores[chunk[b]][k] = value
+
+
+def _cache_rows(
+    cache: TransformerLensKeyValueCache, rows: list[int]
+) -> TransformerLensKeyValueCache:
+    """A new cache holding ``cache``'s rows ``rows`` (repeats allowed): keys, values and
+    attention mask alike."""
+
+    def pick(x: Tensor) -> Tensor:
+        return x.index_select(0, torch.tensor(rows, device=x.device))
+
+    entries = [
+        TransformerLensKeyValueCacheEntry(pick(e.past_keys), pick(e.past_values))
+        for e in cache.entries
+    ]  # [rows, ctx_pos, n_kv_heads, d_head] each
+    return TransformerLensKeyValueCache(entries, pick(cache.previous_attention_mask))
+
+
+def _continuation_resid(
+    model: HookedTransformer,
+    cache: TransformerLensKeyValueCache,
+    continuations: list[tuple[int, ...]],
+) -> Float[Tensor, "n_real d_model"]:
+    """Final residuals of each continuation's tokens but its last, run after its cached context
+    row: inputs ``continuation[:-1]``, right-padded (padding after the real tokens cannot reach
+    them under causal attention, and its mask is 0); the real positions, row by row."""
+    n, width = len(continuations), max(len(c) for c in continuations) - 1
+    tokens = torch.full((n, width), data.pad_token_id(model.tokenizer), dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for row, cont in enumerate(continuations):
+        tokens[row, : len(cont) - 1] = torch.tensor(cont[:-1])
+        mask[row, : len(cont) - 1] = 1
+    resid = model(
+        tokens.to(model.cfg.device),
+        attention_mask=mask.to(model.cfg.device),
+        past_kv_cache=cache,
+        stop_at_layer=model.cfg.n_layers,
+    )  # [n, width, d_model]
+    return resid[mask.bool().to(resid.device)]
 
 
 def _gather(
@@ -571,8 +718,6 @@ def _decode(
     stop_at_eos: bool,
 ) -> tuple[list[list[int]], list[list[float]], list[list[float]]]:
     """The decoding loop on one left-padded batch, reusing keys and values between steps."""
-    from transformer_lens import TransformerLensKeyValueCache
-
     batch = batch.to(model.cfg.device)
     n = batch.tokens.shape[0]
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, n)
@@ -778,7 +923,7 @@ def _hooks(model: HookedTransformer, fwd_hooks: Sequence[Hook]):
     return model.hooks(fwd_hooks=list(fwd_hooks))
 
 
-def _chunks(seq: Sequence[int], size: int) -> Iterator[list[int]]:
+def _chunks(seq: Sequence[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(seq), size):
         yield list(seq[start : start + size])
 
