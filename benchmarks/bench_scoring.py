@@ -28,12 +28,12 @@ import logging
 import random
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_evaluation import timed  # the sibling benchmark's timing helper (scripts share a folder)
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from unlearn_interp import data, evaluation, models
@@ -101,17 +101,6 @@ def make_requests(prompts: str, n: int, vocab: int, seed: int = 0) -> list[evalu
         evaluation.Request(ids(ctx_lo, ctx_hi), tuple(ids(cont_lo, cont_hi) for _ in range(4)))
         for _ in range(n)
     ]
-
-
-def timed(fn, device: str) -> tuple[float, float, object]:
-    """Wall-clock and process CPU seconds of ``fn()``, and its result."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
 def interleaved(runners: dict, requests: list, device: str, repeats: int) -> tuple[dict, ...]:

@@ -379,22 +379,29 @@ class Direction:
 
         >>> d = Direction.load("runs/demo")               # doctest: +SKIP
         """
-        tensor_path, json_path = _direction_paths(path)
-        tensors = models.load_weights(tensor_path)  # refuses NaN / inf
-        if "vector" not in tensors:
-            raise UnlearnInterpError(f"{tensor_path} has no tensor named 'vector'")
-        vector = tensors["vector"]
-        if vector.ndim != 1:
-            raise UnlearnInterpError(
-                f"{tensor_path}: 'vector' has shape {tuple(vector.shape)}, expected [d_model]"
-            )
-        fields = read_json(json_path)
-        if not isinstance(fields, dict):
-            raise UnlearnInterpError(f"{json_path} does not hold a JSON object")
-        try:
-            return cls.from_dict(fields, vector)
-        except UnlearnInterpError as err:
-            raise UnlearnInterpError(f"{json_path}: {err}") from err
+        return _load_artifact(cls, _direction_paths(path), "vector", "[d_model]")
+
+
+def _load_artifact(cls: Any, paths: tuple[Path, Path], key: str, shape: str) -> Any:
+    """``cls.from_dict(json fields, tensor)`` from a safetensors + JSON pair, each problem one
+    sentence naming the file: no tensor ``key``, NaN, a shape other than ``shape``
+    (``"[d_model]"`` or ``"[k, d_model]"``), JSON that is not an object or has bad fields."""
+    tensor_path, json_path = paths
+    tensors = models.load_weights(tensor_path)  # refuses NaN / inf
+    if key not in tensors:
+        raise UnlearnInterpError(f"{tensor_path} has no tensor named {key!r}")
+    tensor = tensors[key]
+    if tensor.ndim != shape.count(",") + 1 or tensor.shape[0] == 0:
+        raise UnlearnInterpError(
+            f"{tensor_path}: {key!r} has shape {tuple(tensor.shape)}, expected {shape}"
+        )
+    fields = read_json(json_path)
+    if not isinstance(fields, dict):
+        raise UnlearnInterpError(f"{json_path} does not hold a JSON object")
+    try:
+        return cls.from_dict(fields, tensor)
+    except UnlearnInterpError as err:
+        raise UnlearnInterpError(f"{json_path}: {err}") from err
 
 
 def _direction_paths(
@@ -1139,22 +1146,8 @@ class Subspace:
 
         >>> sub = Subspace.load("runs/demo")               # doctest: +SKIP
         """
-        tensor_path, json_path = _direction_paths(path, SUBSPACE_TENSOR_FILE, SUBSPACE_JSON_FILE)
-        tensors = models.load_weights(tensor_path)  # refuses NaN / inf
-        if "basis" not in tensors:
-            raise UnlearnInterpError(f"{tensor_path} has no tensor named 'basis'")
-        basis = tensors["basis"]
-        if basis.ndim != 2 or basis.shape[0] == 0:
-            raise UnlearnInterpError(
-                f"{tensor_path}: 'basis' has shape {tuple(basis.shape)}, expected [k, d_model]"
-            )
-        fields = read_json(json_path)
-        if not isinstance(fields, dict):
-            raise UnlearnInterpError(f"{json_path} does not hold a JSON object")
-        try:
-            return cls.from_dict(fields, basis)
-        except UnlearnInterpError as err:
-            raise UnlearnInterpError(f"{json_path}: {err}") from err
+        paths = _direction_paths(path, SUBSPACE_TENSOR_FILE, SUBSPACE_JSON_FILE)
+        return _load_artifact(cls, paths, "basis", "[k, d_model]")
 
 
 def _gram_schmidt(
