@@ -144,6 +144,11 @@ class Study:
         ]
         return {name: Task(self.data.tasks[name], **self.data.eval_kwargs(name)) for name in names}
 
+    @property
+    def gap_tasks(self) -> tuple[str, ...]:
+        """The forget tasks every variant is scored on: gap recovered is their mean."""
+        return tuple(t for t in self.data.forget_tasks if t not in self.report_only)
+
     def tasks_for(self, variant: str) -> dict[str, Task]:
         """The tasks ``variant`` is scored on: all for ``base`` and ``rmu``; the others skip the
         ``report_only`` tasks, and the random controls, whose retain accuracy no figure uses,
@@ -481,7 +486,7 @@ def arm_gaps(per_item: pd.DataFrame, arm: Arm, study: Study, n_boot: int) -> pd.
         unlearned=arm.label("rmu"),
         variants=[arm.label(v) for _, v, ref in wanted if ref == "base"],
         reference={arm.label(v): arm.label(ref) for _, v, ref in wanted if ref != "base"},
-        forget_tasks=study.data.forget_tasks,
+        forget_tasks=study.gap_tasks,
         n_boot=n_boot,
     )
     names = {(arm.label(v), "base" if ref == "base" else arm.label(ref)): name
@@ -500,6 +505,7 @@ def compute_metrics(run: pipeline.RunDir, study: Study, tables: Mapping[str, pd.
     return {
         "model": models.model_name(study.model),
         "forget_tasks": list(study.data.forget_tasks),
+        "gap_tasks": list(study.gap_tasks),
         "retain_tasks": [t for t in study.tasks if t not in study.data.forget_tasks],
         "seeds": list(study.headline.seeds),
         "accuracy": _nested(accuracy, "accuracy"),
@@ -598,7 +604,7 @@ def _seconds(run: pipeline.RunDir) -> dict[str, Any]:
 
 STUDY_FIGURES = (
     "layer_cosines_rmu", "layer_norms_rmu", "layer_cosines_ablated", "layer_norms_ablated",
-    "accuracy_bars", "gap_recovered", "training_curves", "generations",
+    "accuracy_bars", "accuracy_all_tasks", "gap_recovered", "training_curves", "generations",
 )  # fmt: skip
 BAR_VARIANTS = (
     "base", "rmu", "rmu_ablated", "rmu_random_ablated", "rmu_subspace_ablated",
@@ -620,7 +626,9 @@ def study_figures(run: pipeline.RunDir, study: Study) -> dict[str, Any]:
     profile = run.table("layer_profile")
     before = profile[profile["variant"].isin(["base", "rmu"])]
     accuracy = run.table("accuracy")
-    bars = accuracy[accuracy["variant"].isin(BAR_VARIANTS)]
+    core = ~accuracy["task"].isin(study.report_only)
+    bars = accuracy[accuracy["variant"].isin(BAR_VARIANTS) & core]
+    plain = accuracy[accuracy["variant"].isin(["base", "rmu"])]
     first = run.path(study.headline.seed_dir(study.headline.seeds[0]))
     note = f"{study.title}, first seed; layer l = residual stream after block l"
     return {
@@ -633,6 +641,9 @@ def study_figures(run: pipeline.RunDir, study: Study) -> dict[str, Any]:
         "layer_norms_ablated": plotting.plot_layer_norms(profile, rmu_layer=layer,
             title="After ablation (single direction, subspace, random subspace): residual norm"),
         "accuracy_bars": plotting.plot_accuracy_bars(bars, title=_bars_title(study)),
+        "accuracy_all_tasks": plotting.plot_accuracy_bars(plain, title=(
+            f"{study.title}: base and RMU on every task (letter = lm-evaluation-harness MMLU "
+            "prompt; cont = continuation scoring)")),
         "gap_recovered": plotting.plot_gap_recovered(_gap_rows(run.table("gap_recovered"))),
         "training_curves": plotting.plot_training_curves(pd.read_csv(first / rmu.HISTORY_FILE)),
         "generations": plotting.generations_table(run.table("generations")),
@@ -683,7 +694,7 @@ def render_report(run: pipeline.RunDir, study: Study, metrics: Mapping[str, Any]
         "",
         pipeline.markdown_table(_interval_grid(run.table("accuracy"), study)),
         "",
-        "## Gap recovered (mean of the forget tasks)",
+        f"## Gap recovered (mean of {', '.join(study.gap_tasks)})",
         "",
         pipeline.markdown_table(_gap_grid(run.table("gap_recovered"))),
         "",
@@ -867,7 +878,9 @@ def summary_text(metrics: Mapping[str, Any], out: str | os.PathLike) -> str:
         if variant in accuracy:
             cells = "".join(_cell(accuracy[variant].get(t), width) for t in tasks)
             lines.append(f"{variant:<30}" + cells)
-    lines.append("gap recovered (mean of forget tasks, 95% interval over items and seeds):")
+    lines.append(
+        f"gap recovered (mean of {', '.join(metrics['gap_tasks'])}; 95% interval, items and seeds):"
+    )
     for name, value in metrics["gap_recovered"].items():
         ci = metrics["gap_recovered_ci"][name]
         lines.append(f"  {name:<26} {value:6.2f}  [{ci['ci_low']:.2f}, {ci['ci_high']:.2f}]")
