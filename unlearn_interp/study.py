@@ -784,6 +784,7 @@ def load_study(
         topic=topic, max_items_per_task=MAX_ITEMS_PER_TASK, task_kinds=real_data.TASK_KINDS,
     )  # fmt: skip
     data = with_report_only_capped(data, REPORT_ONLY_KINDS, MAX_REPORT_ONLY_ITEMS)
+    record_data(run, data)
     run.record_seconds("data", time.perf_counter() - start)
     report_only = tuple(n for n in data.tasks if n.startswith(REPORT_ONLY_KINDS))
     return Study(model=model, data=data, arms=default_arms(seeds), report_only=report_only,
@@ -794,6 +795,15 @@ SMOLLM2_NOTE = (
     "SmolLM2-135M-Instruct from the package index: its 4-bit (Q4_1) GGUF dequantised to float32, "
     "a real pretrained model but not the exact published float weights."
 )
+
+
+def record_data(run: pipeline.RunDir, data: real_data.StudyData) -> None:
+    """Corpus and task sizes, topic rule and sources in ``config.json`` (key ``data``)."""
+    path = run.path("config.json")
+    record = artifacts.read_json(path) if path.is_file() else {}
+    record["data"] = {"topic": data.topic, "forget_tasks": list(data.forget_tasks),
+                      "counts": data.counts, "provenance": data.provenance}  # fmt: skip
+    artifacts.write_json(path, record)
 
 
 def with_report_only_capped(
