@@ -23,9 +23,7 @@ TransformerLens' own ``model.hooks``), so no hook outlives the block that needed
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float
@@ -35,10 +33,9 @@ from transformer_lens.hook_points import HookPoint
 
 from unlearn_interp import models
 from unlearn_interp.errors import UnlearnInterpError
-
-HookFn = Callable[..., Tensor]
-NameFilter = str | Callable[[str], bool]
-Hook = tuple[NameFilter, HookFn]
+from unlearn_interp.variants import Hook, HookFn, get_param
+from unlearn_interp.variants import Variant as Variant  # public API: interventions.Variant
+from unlearn_interp.variants import run_variants as run_variants
 
 # Where the blog ablates: every block's input, every attention output and every MLP output.
 ABLATION_POINTS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
@@ -199,7 +196,7 @@ def orthogonalized_weights(
     new = {}
     with torch.no_grad():
         for name in models.residual_writers(model):
-            w = models.get_param(model, name)
+            w = get_param(model, name)
             new[name] = project_out(w.float(), basis).to(w.dtype)
     return new
 
@@ -215,78 +212,4 @@ def orthogonalize_weights(model: HookedTransformer, vector: Float[Tensor, "*k d_
     """
     with torch.no_grad():
         for name, value in orthogonalized_weights(model, vector).items():
-            models.get_param(model, name).copy_(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """One way of running a model: parameter overrides plus forward hooks.
-
-    ``weights`` maps parameter names to replacement tensors (only the ones that change);
-    ``hooks`` are ``(hook name or name filter, hook function)`` pairs.
-
-    >>> base = Variant("base")
-    >>> rmu = Variant("rmu", weights=result.unlearned_weights)          # doctest: +SKIP
-    >>> with rmu.applied(model):                                         # doctest: +SKIP
-    ...     logits = model(tokens)
-    """
-
-    name: str
-    weights: Mapping[str, Tensor] = dataclasses.field(default_factory=dict)
-    hooks: tuple[Hook, ...] = ()
-
-    def with_hooks(self, hooks: Sequence[Hook], name: str | None = None) -> Variant:
-        """The same weights with ``hooks`` added (named ``name``, default ``<name>+hooks``)."""
-        return Variant(name or f"{self.name}+hooks", dict(self.weights), self.hooks + tuple(hooks))
-
-    def with_weights(self, weights: Mapping[str, Tensor], name: str | None = None) -> Variant:
-        """These hooks with ``weights`` laid over this variant's own overrides."""
-        merged = {**self.weights, **weights}
-        return Variant(name or f"{self.name}+weights", merged, self.hooks)
-
-    @contextlib.contextmanager
-    def applied(self, model: HookedTransformer) -> Iterator[HookedTransformer]:
-        """Swap the weights in and add the hooks; restore both on exit, even after an exception."""
-        originals = self._swap_in(model)
-        try:
-            with model.hooks(fwd_hooks=list(self.hooks)):
-                yield model
-        finally:
-            _copy_into(model, originals)
-
-    def _swap_in(self, model: HookedTransformer) -> dict[str, Tensor]:
-        params = dict(model.named_parameters())
-        for name, value in self.weights.items():
-            if name not in params:
-                raise UnlearnInterpError(
-                    f"variant {self.name!r}: the model has no parameter {name!r}"
-                )
-            if tuple(value.shape) != tuple(params[name].shape):
-                raise UnlearnInterpError(
-                    f"variant {self.name!r}: {name} has shape {tuple(value.shape)} but the model's "
-                    f"is {tuple(params[name].shape)} (a run from another model?)"
-                )
-        originals = {name: params[name].detach().clone() for name in self.weights}
-        _copy_into(model, self.weights)
-        return originals
-
-
-def _copy_into(model: HookedTransformer, weights: Mapping[str, Tensor]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-
-
-def run_variants(
-    model: HookedTransformer, variants: Sequence[Variant], fn: Callable[[HookedTransformer], object]
-) -> dict[str, object]:
-    """``{variant.name: fn(model)}`` with each variant applied in turn.
-
-    >>> run_variants(model, [base, rmu], lambda m: mcq_accuracy(m, items).accuracy)  # doctest: +SKIP
-    """
-    results = {}
-    for variant in variants:
-        with variant.applied(model):
-            results[variant.name] = fn(model)
-    return results
+            get_param(model, name).copy_(value)

@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import einops
 import torch
@@ -39,11 +39,13 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from unlearn_interp import sources
 from unlearn_interp.artifacts import atomic_path
 from unlearn_interp.errors import UnlearnInterpError
-
-if TYPE_CHECKING:
-    from unlearn_interp.interventions import Variant
+from unlearn_interp.variants import Variant
+from unlearn_interp.variants import get_param as get_param
+from unlearn_interp.variants import snapshot_weights as snapshot_weights
 
 log = logging.getLogger(__name__)
+
+Model = HookedTransformer  # the model type every other module names (the backend's class)
 
 # TransformerLens allocates an [n_ctx, n_ctx] causal mask per layer; long-context checkpoints
 # (Zephyr: 32k) would spend gigabytes on it. RMU and WMDP need at most 768 tokens.
@@ -81,6 +83,26 @@ def d_model(model: HookedTransformer) -> int:
     return model.cfg.d_model
 
 
+def d_vocab(model: HookedTransformer) -> int:
+    """Size of the vocabulary the unembedding scores."""
+    return model.cfg.d_vocab
+
+
+def n_ctx(model: HookedTransformer) -> int:
+    """Longest sequence the model takes, in tokens."""
+    return int(model.cfg.n_ctx)
+
+
+def model_device(model: HookedTransformer) -> torch.device:
+    """The device the model's weights live on."""
+    return torch.device(model.cfg.device)
+
+
+def model_dtype(model: HookedTransformer) -> torch.dtype:
+    """The dtype of the model's weights."""
+    return model.cfg.dtype
+
+
 def model_name(model: HookedTransformer) -> str:
     """A human-readable name for the model (its TransformerLens name or checkpoint directory)."""
     return str(model.cfg.model_name)
@@ -98,19 +120,6 @@ def check_layer(model: HookedTransformer, layer: int, field: str = "layer") -> i
             f"{field} {layer!r} is out of range: the model has {total} blocks (valid 0..{total - 1})"
         )
     return layer
-
-
-def get_param(model: HookedTransformer, name: str) -> torch.nn.Parameter:
-    """The parameter called ``name``, or one sentence saying it does not exist."""
-    params = dict(model.named_parameters())
-    if name not in params:
-        raise UnlearnInterpError(f"the model has no parameter named {name!r}")
-    return params[name]
-
-
-def snapshot_weights(model: HookedTransformer, names: Iterable[str]) -> dict[str, Tensor]:
-    """Detached copies of the named parameters (e.g. the base weights before RMU trains them)."""
-    return {name: get_param(model, name).detach().clone() for name in names}
 
 
 def residual_writers(model: HookedTransformer) -> list[str]:
@@ -446,7 +455,6 @@ def variant_from_checkpoint(
     >>> rmu = variant_from_checkpoint(base, "/ckpts/Zephyr_RMU", name="rmu")  # doctest: +SKIP
     >>> sorted(rmu.weights)      # ['blocks.5.mlp.W_out', 'blocks.6.mlp.W_out', 'blocks.7.mlp.W_out']
     """
-    from unlearn_interp.interventions import Variant
 
     path = Path(path).expanduser()
     hf_config = _read_hf_config(path)
