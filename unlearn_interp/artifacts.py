@@ -132,3 +132,42 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+class RunFiles:
+    """Every file name of a run directory (DESIGN.md "The run directory"), in one place.
+
+    Relative to the run directory; per-table CSVs are ``table(name)``.
+
+    >>> RunFiles.table("layer_profile")
+    'tables/layer_profile.csv'
+    """
+
+    CONFIG = "config.json"
+    METRICS = "metrics.json"
+    REPORT = "report.md"
+    STATE = "state.json"
+    CONTROL_VECTORS = "control_vectors.safetensors"
+    UNLEARNED_WEIGHTS = "unlearned_weights.safetensors"
+    BASE_WEIGHTS = "base_weights.safetensors"
+    DIRECTION = "direction.safetensors"
+    DIRECTION_JSON = "direction.json"
+    RANDOM_DIRECTION = "random_direction.safetensors"
+    SUBSPACE = "subspace.safetensors"
+    SUBSPACE_JSON = "subspace.json"
+    RANDOM_SUBSPACE = "random_subspace.safetensors"
+    TABLES = "tables"
+    FIGURES = "figures"
+    STEP_SECONDS = "tables/step_seconds.json"
+    RMU_HISTORY = "tables/rmu_history.csv"
+    MCQ_PER_ITEM = "tables/mcq_per_item.csv"
+    BASE_PER_ITEM = "tables/base_per_item.csv"
+    ACCURACY = "tables/accuracy.csv"
+    LAYER_PROFILE = "tables/layer_profile.csv"
+    GENERATIONS = "tables/generations.csv"
+    DIRECTION_CANDIDATES = "tables/direction_candidates.csv"
+
+    @staticmethod
+    def table(name: str) -> str:
+        """``tables/<name>.csv``."""
+        return f"{RunFiles.TABLES}/{name}.csv"
