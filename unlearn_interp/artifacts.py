@@ -146,7 +146,6 @@ class RunFiles:
     CONFIG = "config.json"
     METRICS = "metrics.json"
     REPORT = "report.md"
-    STATE = "state.json"
     CONTROL_VECTORS = "control_vectors.safetensors"
     UNLEARNED_WEIGHTS = "unlearned_weights.safetensors"
     BASE_WEIGHTS = "base_weights.safetensors"
