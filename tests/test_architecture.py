@@ -1,0 +1,233 @@
+"""The package's shape, enforced: import direction and circles, TransformerLens behind the backend
+seam, module and function sizes. Static (reads the source with ``ast``), so it runs in a second.
+
+The layer order is DESIGN.md's: a module may import only modules of lower rank (or its own
+subpackage's siblings). Function-level imports count; ``if TYPE_CHECKING:`` imports do not.
+
+    python -m pytest tests/test_architecture.py -q
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "unlearn_interp"
+
+# Rank of each top-level unit (a module, or a subpackage as a whole); imports go downwards only.
+RANKS = {
+    "errors": 0,
+    "artifacts": 1,
+    "checks": 1,
+    "data": 2,
+    "stats": 2,
+    "sources": 2,
+    "variants": 3,
+    "real_data": 3,
+    "plotting": 3,
+    "hf_convert": 4,
+    "models": 5,
+    "activations": 6,
+    "interventions": 7,
+    "training": 7,
+    "directions": 8,
+    "evaluation": 9,
+    "rmu": 9,
+    "organism": 10,
+    "attacks": 10,
+    "analysis": 11,
+    "pipeline": 12,
+    "study": 13,  # unlearn_interp.study / .gallery: the old import paths, re-exporting pipeline's
+    "gallery": 13,
+    "cli": 14,
+    "__init__": 15,
+}
+# Plotting draws DataFrames: it may not import model code, whatever the ranks say.
+PLOTTING_MAY_IMPORT = {"errors", "artifacts", "data", "stats", "plotting"}
+
+# Where TransformerLens may be named: the backend seam.
+SEAM = {"models", "hf_convert", "activations", "interventions", "variants"}
+TL_NAMES = [
+    r"\btransformer_lens\b",
+    r"\bHookedTransformer\w*",
+    r"\bmodel\.cfg\b",
+    r"\bstop_at_layer\b",
+    r"\bstart_at_layer\b",
+    r"\bpast_kv_cache\b",
+    r"KeyValueCache",
+    r"\bmodel\.(ln_final|unembed|embed|blocks|hooks|run_with_cache)\b",
+    r"hook_resid_(post|pre|mid)",
+]
+
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 60
+MAX_MEDIAN_FUNCTION_LINES = 15
+
+
+def _sources() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def _unit(module: str) -> str:
+    """The top-level unit of a dotted name: ``unlearn_interp.rmu.train`` -> ``rmu``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(path: Path, module: str, known: set[str]) -> set[str]:
+    """Package modules ``module`` imports at run time (a package's ``__init__`` counts as itself)."""
+    tree = ast.parse(path.read_text())
+    skipped = {id(n) for s in ast.walk(tree) if isinstance(s, ast.If) and _is_type_checking(s)
+               for n in ast.walk(s)}  # fmt: skip
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("unlearn_interp")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            if not base.startswith("unlearn_interp"):
+                continue
+            if base != "unlearn_interp":  # the root package: always loaded, imports nothing
+                found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known}
+    return {name for name in found if name in known and name != module}
+
+
+def _graph() -> dict[str, set[str]]:
+    sources = _sources()
+    return {m: _imports(p, m, set(sources)) for m, p in sources.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` as a list of modules, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_circle():
+    assert _cycle(_graph()) is None, f"import circle: {' -> '.join(_cycle(_graph()))}"
+
+
+def test_every_unit_has_a_rank():
+    units = {_unit(m) for m in _sources()}
+    assert units <= set(RANKS), (
+        f"add these to RANKS (tests/test_architecture.py): {units - set(RANKS)}"
+    )
+
+
+def test_imports_only_go_down():
+    upward = []
+    for module, targets in _graph().items():
+        src = _unit(module)
+        for target in targets:
+            dst = _unit(target)
+            if src == dst:
+                continue
+            if RANKS[dst] >= RANKS[src] or (src == "plotting" and dst not in PLOTTING_MAY_IMPORT):
+                upward.append(f"{module} -> {target}")
+    assert not upward, "imports that run upwards or sideways:\n" + "\n".join(sorted(upward))
+
+
+def test_subpackage_files_do_not_import_their_own_init():
+    inward = [
+        f"{module} -> {target}"
+        for module, targets in _graph().items()
+        for target in targets
+        if (_sources()[module].name != "__init__.py" and module.startswith(target + "."))
+    ]
+    assert not inward, "import siblings directly, not the package:\n" + "\n".join(inward)
+
+
+def _code_lines(path: Path) -> list[str]:
+    """Source lines with string literals (docstrings, messages) blanked out, so only code is
+    searched for TransformerLens names."""
+    text = path.read_text()
+    lines = text.splitlines()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            for n in range(node.lineno - 1, node.end_lineno):
+                lines[n] = ""
+    return lines
+
+
+def test_transformer_lens_only_behind_the_seam():
+    found = []
+    for module, path in _sources().items():
+        if _unit(module) in SEAM:
+            continue
+        for number, line in enumerate(_code_lines(path), start=1):
+            code = line.split("#", 1)[0]
+            if any(re.search(pattern, code) for pattern in TL_NAMES):
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}")
+    assert not found, "TransformerLens names outside the backend seam:\n" + "\n".join(found)
+
+
+def test_the_seam_check_finds_what_it_looks_for(tmp_path):
+    path = tmp_path / "x.py"
+    path.write_text('"""stop_at_layer in a docstring is fine."""\nh = model(x, stop_at_layer=3)\n')
+    code = [line for line in _code_lines(path) if line]
+    assert any(re.search(p, code[0]) for p in TL_NAMES) and len(code) == 1
+
+
+@pytest.mark.parametrize("module", sorted(_sources()))
+def test_module_size(module):
+    lines = len(_sources()[module].read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{module} has {lines} lines (at most {MAX_MODULE_LINES})"
+
+
+def _function_lengths() -> dict[str, int]:
+    lengths = {}
+    for module, path in _sources().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                lengths[f"{module}:{node.lineno}:{node.name}"] = node.end_lineno - first + 1
+    return lengths
+
+
+def test_function_sizes():
+    lengths = _function_lengths()
+    long = {name: n for name, n in lengths.items() if n > MAX_FUNCTION_LINES}
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+    assert statistics.median(lengths.values()) <= MAX_MEDIAN_FUNCTION_LINES
