@@ -20,11 +20,14 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 _SUBMODULES = {
+    "activations",
     "analysis",
+    "artifacts",
     "data",
     "directions",
     "evaluation",
     "gallery",
+    "hf_convert",
     "interventions",
     "models",
     "organism",
@@ -35,6 +38,8 @@ _SUBMODULES = {
     "sources",
     "stats",
     "study",
+    "training",
+    "variants",
 }
 
 __all__ = ["UnlearnInterpError", "__version__", *sorted(_SUBMODULES)]
