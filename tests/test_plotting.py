@@ -16,6 +16,7 @@ import pytest
 
 from unlearn_interp import plotting
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.plotting import export
 
 VARIANTS = ("base", "rmu", "rmu_ablated", "rmu_random_ablated")
 RMU_LAYER = 2
@@ -478,8 +479,8 @@ def fig():
 def no_browser(monkeypatch):
     """Static export unavailable: no BROWSER_PATH and no browser found; warnings not yet given."""
     monkeypatch.delenv("BROWSER_PATH", raising=False)
-    monkeypatch.setattr(plotting, "_find_browser", lambda: None)
-    monkeypatch.setattr(plotting, "_WARNED", set())
+    monkeypatch.setattr(export, "_find_browser", lambda: None)
+    monkeypatch.setattr(export, "_WARNED", set())
 
 
 def test_save_figure_writes_self_contained_offline_html(tmp_path, fig, no_browser):
@@ -560,13 +561,13 @@ def test_static_export_problem_names_a_missing_or_old_kaleido(monkeypatch):
 def test_save_figure_reports_a_failing_export_instead_of_a_traceback(
     tmp_path, fig, monkeypatch, caplog
 ):
-    monkeypatch.setattr(plotting, "static_export_problem", lambda: None)
-    monkeypatch.setattr(plotting, "_WARNED", set())
+    monkeypatch.setattr(export, "static_export_problem", lambda: None)
+    monkeypatch.setattr(export, "_WARNED", set())
 
     def crash(*args):
         raise RuntimeError("browser closed unexpectedly")
 
-    monkeypatch.setattr(plotting, "_to_image", crash)
+    monkeypatch.setattr(export, "_to_image", crash)
     with caplog.at_level(logging.WARNING, logger="unlearn_interp.plotting"):
         written = plotting.save_figure(fig, tmp_path / "norms", formats=("html", "svg"))
     assert written == [tmp_path / "norms.html"]
