@@ -1,4 +1,4 @@
-"""Tests for analysis.py's sweeps: the engine (writes as it goes, resumes), the RMU coefficient
+"""Tests for the analysis package's sweeps: the engine (writes as it goes, resumes), the RMU coefficient
 and layer sweeps (base weights restored, Adaptive RMU's coefficient), noise sensitivity, and
 that every table fits the plot that draws it."""
 
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from unlearn_interp import analysis, data, directions, models, plotting, rmu
+from unlearn_interp import activations, analysis, data, models, plotting, rmu
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 
@@ -117,7 +117,7 @@ def test_sweep_rejects_repeated_points_and_clashing_columns():
 
 
 def test_cos_distribution_is_one_along_a_tokens_own_activation(tiny_model):
-    h = directions.mean_activations(tiny_model, PROMPTS[:1], layers=1, positions="last")[0]
+    h = activations.mean_activations(tiny_model, PROMPTS[:1], layers=1, positions="last")[0]
     table = analysis.cos_distribution(tiny_model, PROMPTS, h.float(), layer=1, positions="last")
     assert table["prompt"].tolist() == [0, 1, 2, 3]
     assert table["cos"].iloc[0] == pytest.approx(1.0, abs=1e-6)
@@ -131,7 +131,7 @@ def test_cos_distribution_is_one_along_a_tokens_own_activation(tiny_model):
 def test_forget_norm_by_layer_is_the_masked_mean_token_norm(tiny_model):
     table = analysis.forget_norm_by_layer(tiny_model, PROMPTS)
     batch = data.encode_batch(tiny_model.tokenizer, PROMPTS)
-    h = tiny_model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=3)
+    h = activations.run_blocks(tiny_model, batch.tokens, attention_mask=batch.attention_mask)
     expected = rmu.mean_token_norm(h, batch.attention_mask)
     assert table["layer"].tolist() == [0, 1, 2]
     assert table["forget_norm"].iloc[2] == pytest.approx(expected, rel=1e-5)
@@ -156,7 +156,7 @@ def test_noise_sensitivity_is_zero_without_noise_and_grows_with_it(tiny_model):
 def test_absolute_noise_of_the_activations_size_matches_relative_noise(tiny_model):
     """Absolute noise with the per-coordinate size of the activations is relative noise."""
     batch = data.encode_batch(tiny_model.tokenizer, PROMPTS)
-    h = tiny_model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=3)
+    h = activations.run_blocks(tiny_model, batch.tokens, attention_mask=batch.attention_mask)
     per_coordinate = rmu.mean_token_norm(h, batch.attention_mask) / 32**0.5
     common = dict(layers=[2], n_samples=4, progress=False)
     small = analysis.noise_sensitivity(
@@ -236,7 +236,9 @@ def test_layer_sweep_uses_beta_times_the_frozen_forget_norm_for_adaptive_rmu(tin
     assert (fixed["coef"] == 7.0).all()
     first = data.encode_batch(tiny_model.tokenizer, rmu.topic_batch(FORGET[0], 0, 2), 16)
     for layer in (0, 2):
-        h = tiny_model(first.tokens, attention_mask=first.attention_mask, stop_at_layer=layer + 1)
+        h = activations.run_blocks(
+            tiny_model, first.tokens, stop=layer + 1, attention_mask=first.attention_mask
+        )
         expected = beta * rmu.mean_token_norm(h, first.attention_mask)
         assert adaptive.loc[adaptive["layer"] == layer, "coef"].iloc[0] == pytest.approx(expected)
         norms = table.loc[table["layer"] == layer, "forget_norm"]

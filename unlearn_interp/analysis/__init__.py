@@ -1,0 +1,64 @@
+"""Analyses that turn a model and its variants into tidy pandas DataFrames for plotting.
+
+* :mod:`.profile`: :func:`layer_profile`, the blog's per-layer picture (mean residual norm and
+  cosine to the reference variant per layer, forget and retain prompts side by side).
+* :mod:`.sweeps`: the one sweep engine, :func:`run_sweep` / :func:`run_sweep_tables`: a
+  measurement at each point, rows stacked, the table written as it goes, an interrupted sweep
+  resumed.
+* :mod:`.adaptive`: Adaptive RMU (Dang et al.): the measurements :func:`cos_distribution`,
+  :func:`forget_norm_by_layer`, :func:`training_curves` and the RMU retraining sweeps
+  :func:`coefficient_sweep` and :func:`layer_sweep`; :mod:`.noise`: :func:`noise_sensitivity`.
+
+    >>> profile = layer_profile(model, [base, rmu, ablated], {"forget": hazardous, "retain": benign},
+    ...                         directions={"junk": d.vector})          # doctest: +SKIP
+    >>> tables = coefficient_sweep(model, [bio], [wiki], {"bio": items}, cfg, coefs=[6.5, 20, 100],
+    ...                            table_dir="runs/sweeps")                # doctest: +SKIP
+
+A new analysis goes in its own module here, built on :mod:`unlearn_interp.activations` for every
+forward pass and on :func:`run_sweep` when it is a sweep.
+"""
+
+from unlearn_interp.analysis.adaptive import (
+    METHOD_ADAPTIVE,
+    METHOD_FIXED,
+    MCQSets,
+    MCQSetup,
+    coefficient_sweep,
+    cos_distribution,
+    forget_norm_by_layer,
+    layer_sweep,
+    training_curves,
+)
+from unlearn_interp.analysis.noise import noise_sensitivity
+from unlearn_interp.analysis.profile import PromptSets, layer_profile
+from unlearn_interp.analysis.sweeps import (
+    SWEEP_RECORD_SUFFIX,
+    Point,
+    Rows,
+    Scalar,
+    run_sweep,
+    run_sweep_tables,
+)
+from unlearn_interp.variants import restored_weights
+
+__all__ = [
+    "METHOD_ADAPTIVE",
+    "METHOD_FIXED",
+    "SWEEP_RECORD_SUFFIX",
+    "MCQSets",
+    "MCQSetup",
+    "Point",
+    "PromptSets",
+    "Rows",
+    "Scalar",
+    "coefficient_sweep",
+    "cos_distribution",
+    "forget_norm_by_layer",
+    "layer_profile",
+    "layer_sweep",
+    "noise_sensitivity",
+    "restored_weights",
+    "run_sweep",
+    "run_sweep_tables",
+    "training_curves",
+]
