@@ -103,6 +103,38 @@ def test_select_direction_fails_naming_the_thresholds(tiny_model, planted):
         directions.select_direction(cands, min_cos_control=0.5)
 
 
+def test_junk_direction_from_candidates_is_the_same_bits_without_a_forward_pass(
+    tiny_model, planted
+):
+    unl = steered(planted)
+    cands = directions.candidate_directions(
+        tiny_model, BASE, unl, PROMPTS, control_vectors=planted[None], batch_size=4
+    )  # every layer, as the pipeline scores them
+    fresh = directions.junk_direction(tiny_model, BASE, unl, PROMPTS, 2, batch_size=4)
+    calls = {"n": 0}
+
+    def count(activation, hook):
+        calls["n"] += 1
+
+    counting = unl.with_hooks(((models.resid_hook(0), count),))
+    reused = directions.junk_direction(
+        tiny_model, BASE, counting, PROMPTS, 2, batch_size=4, candidates=cands
+    )
+    assert calls["n"] == 0
+    assert torch.equal(reused.vector, fresh.vector) and reused.raw_norm == fresh.raw_norm
+    assert reused.to_dict()["layer"] == 2 and reused.metadata["scores"]["cos_control"] < 0.99
+    with pytest.raises(UnlearnInterpError, match="scored at positions 'last' on 6 prompts"):
+        directions.junk_direction(tiny_model, BASE, unl, PROMPTS, 2, "all", candidates=cands)
+
+
+def test_every_direction_is_built_from_its_origin(planted):
+    origin = directions.Origin(layer=1, positions="last", n_prompts=6, model_name="m")
+    d = Direction.at(origin, planted * 3, 3.0, "diff_in_means", {"k": 1})
+    assert d.origin == origin and (d.layer, d.n_prompts, d.metadata) == (1, 6, {"k": 1})
+    control = directions.random_control(d, seed=0)
+    assert control.origin == directions.Origin(1, "last", 0, "m")
+
+
 def test_cos_ones_betrays_a_uniform_control_vector(tiny_model):
     uniform = torch.rand(32)
     uniform /= uniform.norm()
