@@ -1,4 +1,4 @@
-"""organism.py: a deterministic, entirely fictional world; well-formed MCQ sets consistent with
+"""organism: a deterministic, entirely fictional world; well-formed MCQ sets consistent with
 its facts; a real tokenizer; a "test" organism that knows both domains; an atomic, keyed cache."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from unlearn_interp import data, evaluation, organism
+from unlearn_interp.artifacts import read_json, write_json
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.organism import cache as organism_cache
 
 # Checked independently of organism.HAZARD_BLOCKLIST, so editing that list cannot hide a leak.
 REAL_HAZARD_TERMS = (
@@ -211,7 +213,7 @@ def test_pretraining_is_deterministic(tmp_path):
     assert a.training["steps"] == 4
     for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
         assert torch.equal(pa, pb), name
-    initial = organism._build_model(a.config, a.tokenizer)
+    initial = organism.initial_model(a.config, a.tokenizer)
     assert not torch.equal(initial.embed.W_E, a.model.embed.W_E)  # it did train
 
 
@@ -227,7 +229,7 @@ def test_cache_entry_is_complete_and_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [org.cache_path.name]
     names = {p.name for p in org.cache_path.iterdir()}
     assert names == {"model.safetensors", "tokenizer", "world.json", "config.json", "training.json"}
-    stored = organism.World.from_dict(organism.read_json(org.cache_path / "world.json"))
+    stored = organism.World.from_dict(read_json(org.cache_path / "world.json"))
     assert stored == org.world
 
 
@@ -236,7 +238,7 @@ def test_force_retrains_and_replaces_the_cache_entry(tmp_path, monkeypatch):
     calls = []
     real_pretrain = organism.pretrain
     monkeypatch.setattr(
-        organism, "pretrain", lambda *a, **k: calls.append(1) or real_pretrain(*a, **k)
+        organism_cache, "pretrain", lambda *a, **k: calls.append(1) or real_pretrain(*a, **k)
     )
     organism.load_organism(config=tiny_config(), cache_dir=tmp_path, progress=False)
     assert calls == []  # cached
@@ -250,7 +252,7 @@ def test_force_retrains_and_replaces_the_cache_entry(tmp_path, monkeypatch):
 
 def test_a_cache_entry_for_another_config_is_refused(tmp_path):
     org = organism.load_organism(config=tiny_config(), cache_dir=tmp_path, progress=False)
-    organism.write_json(org.cache_path / "config.json", {"format": -1})
+    write_json(org.cache_path / "config.json", {"format": -1})
     with pytest.raises(UnlearnInterpError, match="force=True"):
         organism.load_organism(config=tiny_config(), cache_dir=tmp_path, progress=False)
 
@@ -288,7 +290,7 @@ def test_second_load_hits_the_cache_with_identical_weights(organism_test, monkey
     def no_training(*args, **kwargs):
         raise AssertionError("pretrained again instead of loading the cache")
 
-    monkeypatch.setattr(organism, "pretrain", no_training)
+    monkeypatch.setattr(organism_cache, "pretrain", no_training)
     start = time.perf_counter()
     again = organism.load_organism(
         "test", cache_dir=organism_test.cache_path.parent, progress=False
