@@ -633,7 +633,7 @@ def test_random_subspace_is_orthonormal_reproducible_and_uniform(planted):
     assert (o.double() @ o.double().T - torch.eye(4, dtype=torch.float64)).abs().max() < 1e-6
     with pytest.raises(UnlearnInterpError, match="cannot fit 29 directions orthogonal to 4"):
         directions.random_subspace(32, 29, seed=0, orthogonal_to=junk)
-    with pytest.raises(UnlearnInterpError, match="k 0 must be a positive integer"):
+    with pytest.raises(UnlearnInterpError, match="k must be a positive integer, got 0"):
         directions.random_subspace(32, 0, seed=0)
 
 

@@ -28,6 +28,7 @@ from torch import Tensor
 from unlearn_interp import models
 from unlearn_interp.activations import Positions, check_positions
 from unlearn_interp.artifacts import RunFiles, library_versions, read_json, write_json
+from unlearn_interp.checks import check_int, is_int
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.interventions import as_basis, unit
 
@@ -40,11 +41,6 @@ SUBSPACE_TENSOR_FILE, SUBSPACE_JSON_FILE = RunFiles.SUBSPACE, RunFiles.SUBSPACE_
 # A vector whose part orthogonal to the span of the earlier ones is shorter than this fraction of
 # its own length adds no dimension (a repeat of a direction already in the span, or float noise).
 DEPENDENT_RTOL = 1e-4
-
-
-def is_int(value: Any) -> bool:
-    """True for a real integer (``True`` is not one, whatever Python says)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +95,9 @@ class Direction:
         ).float()
         if not math.isfinite(self.raw_norm) or self.raw_norm < 0:
             raise UnlearnInterpError(f"raw_norm {self.raw_norm!r} must be finite and >= 0")
-        if not is_int(self.layer) or self.layer < 0:
-            raise UnlearnInterpError(f"layer {self.layer!r} must be a non-negative integer")
+        check_int(self.layer, "layer", minimum=0)
         check_positions(self.positions)
-        if not is_int(self.n_prompts) or self.n_prompts < 0:
-            raise UnlearnInterpError(f"n_prompts {self.n_prompts!r} must be a non-negative integer")
+        check_int(self.n_prompts, "n_prompts", minimum=0)
         if not self.method:
             raise UnlearnInterpError("method must be a non-empty string")
         self.raw_norm = float(self.raw_norm)
@@ -218,10 +212,9 @@ class Subspace:
         self.raw_norms = tuple(float(v) for v in self.raw_norms)
         self._check_rows()
         check_positions(self.positions)
-        if not is_int(self.n_prompts):
-            raise UnlearnInterpError(f"n_prompts {self.n_prompts!r} must be an integer")
-        if self.n_prompts < 0 or not self.method:
-            raise UnlearnInterpError("n_prompts must be >= 0 and method a non-empty string")
+        check_int(self.n_prompts, "n_prompts", minimum=0)
+        if not self.method:
+            raise UnlearnInterpError("method must be a non-empty string")
 
     def _check_rows(self) -> None:
         """One layer and one finite raw norm per basis row."""

@@ -16,13 +16,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from unlearn_interp.directions.artifact import Direction, Subspace, is_int
+from unlearn_interp.checks import check_int
+from unlearn_interp.directions.artifact import Direction, Subspace
 from unlearn_interp.errors import UnlearnInterpError
-
-
-def _check_size(name: str, value: int) -> None:
-    if not is_int(value) or value < 1:
-        raise UnlearnInterpError(f"{name} {value!r} must be a positive integer")
 
 
 def _others(
@@ -43,7 +39,7 @@ def random_direction(
     >>> abs(float(r @ junk.vector)) < 1e-6                               # doctest: +SKIP
     True
     """
-    _check_size("d_model", d_model)
+    check_int(d_model, "d_model", minimum=1)
     generator = torch.Generator().manual_seed(int(seed))
     v = torch.randn(d_model, generator=generator, dtype=torch.float64)
     if orthogonal_to is not None:
@@ -69,8 +65,8 @@ def random_subspace(
     >>> float((r @ sub.basis.T).abs().max()) < 1e-6                     # doctest: +SKIP
     True
     """
-    _check_size("d_model", d_model)
-    _check_size("k", k)
+    check_int(d_model, "d_model", minimum=1)
+    check_int(k, "k", minimum=1)
     generator = torch.Generator().manual_seed(int(seed))
     gaussian = torch.randn(d_model, k, generator=generator, dtype=torch.float64)
     if orthogonal_to is not None:
