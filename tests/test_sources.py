@@ -333,7 +333,7 @@ def test_load_model_refuses_a_data_asset(cache):
 def test_assets_live_under_the_cache_root(cache):
     assert cache_root() == cache
     assert sources.assets_root() == cache / "assets"
-    assert sources.asset_dir.__module__ == "unlearn_interp.sources"
+    assert sources.asset_dir.__module__ == "unlearn_interp.sources.fetching"
 
 
 def test_registry_pins_each_asset_to_one_wheel_and_licence():
