@@ -1,4 +1,4 @@
-"""gallery.py: the `figures` command writes every figure as a PNG, and fails in one sentence when
+"""pipeline.gallery: the `figures` command writes every figure as a PNG, and fails in one sentence when
 PNG export is impossible."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import pytest
 
 from unlearn_interp import cli, gallery, plotting
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.pipeline.gallery import _spread
 
 
 def test_figures_fail_in_one_sentence_without_static_export(monkeypatch, tmp_path, capsys):
@@ -19,8 +20,8 @@ def test_figures_fail_in_one_sentence_without_static_export(monkeypatch, tmp_pat
 
 
 def test_spread_keeps_the_ends_and_spaces_the_rest():
-    assert gallery._spread([1.0, 2.0, 3.0, 4.0, 5.0], 3) == [1.0, 3.0, 5.0]
-    assert gallery._spread([1.0, 2.0], 3) == [1.0, 2.0]
+    assert _spread([1.0, 2.0, 3.0, 4.0, 5.0], 3) == [1.0, 3.0, 5.0]
+    assert _spread([1.0, 2.0], 3) == [1.0, 2.0]
 
 
 @pytest.mark.slow
