@@ -153,7 +153,7 @@ class MCQSetup:
     def accuracy_rows(self, model: Model, mcq: MCQSets) -> list[dict[str, Any]]:
         """``{"task", "accuracy", "n"}`` per task of ``mcq``, the model as it is now."""
         extra = {} if self.prompt_template is None else {"prompt_template": self.prompt_template}
-        table = evaluation.evaluate_variants(
+        table = evaluation.accuracy_table(
             model, [Variant("model")], mcq, self.mode, self.batch_size, progress=False, **extra
         )
         return table[["task", "accuracy", "n"]].to_dict("records")
