@@ -43,16 +43,27 @@ def gap_ratio(intervened: Any, unlearned: Any, base: Any) -> np.ndarray:
     """Gap recovered, ``(intervened - unlearned) / (base - unlearned)``, elementwise in float64;
     NaN where ``base`` and ``unlearned`` are equal (to 1e-12), because there is no gap.
 
-    The same rule as ``evaluation.gap_recovered``, vectorised over bootstrap replicates.
+    The one definition of the rule: ``evaluation.gap_recovered`` calls it for single numbers,
+    the bootstrap here for arrays of replicates.
 
     >>> gap_ratio([0.543, 0.4], 0.312, [0.637, 0.312]).round(2)
     array([0.71,  nan])
     """
     i, u, b = (np.asarray(x, dtype=np.float64) for x in (intervened, unlearned, base))
     gap = b - u
-    undefined = np.abs(gap) <= NO_GAP_ATOL
+    undefined = no_gap(u, b)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(undefined, np.nan, (i - u) / np.where(undefined, 1.0, gap))
+
+
+def no_gap(unlearned: Any, base: Any) -> np.ndarray:
+    """True where ``base`` and ``unlearned`` accuracy are equal (to 1e-12): no gap to recover.
+
+    >>> no_gap([0.3, 0.5], 0.5)
+    array([False,  True])
+    """
+    u, b = (np.asarray(x, dtype=np.float64) for x in (unlearned, base))
+    return np.asarray(np.abs(b - u) <= NO_GAP_ATOL)
 
 
 def per_item_table(results: Mapping[tuple[str, str, Any], pd.DataFrame]) -> pd.DataFrame:
@@ -322,34 +333,61 @@ def gap_recovered_intervals(
     replicates = scores.replicates(n_boot, seed)
     rows = []
     for variant, against in pairs:
-        points, reps = [], []
-        for task in tasks:
-            i, u, r = (scores.index(task, name) for name in (variant, unlearned, against))
-            point = scores.point(task)
-            points.append(float(gap_ratio(point[i], point[u], point[r])))
-            rep = replicates[task]
-            reps.append(gap_ratio(rep[:, i], rep[:, u], rep[:, r]))
-        for task, point, rep in zip([*tasks, MEAN_TASK], [*points, np.mean(points)],
-                                    [*reps, np.mean(reps, axis=0)], strict=True):  # fmt: skip
-            low, high, excluded = _interval(rep, confidence)
-            if excluded:
-                log.info(
-                    "gap recovered of %s against %s on %s: %d of %d replicates had no gap",
-                    variant, against, task, excluded, n_boot,
-                )  # fmt: skip
-            rows.append(
-                {
-                    "variant": variant,
-                    "against": against,
-                    "task": task,
-                    "gap_recovered": float(point),
-                    "ci_low": low,
-                    "ci_high": high,
-                    "n_boot": n_boot,
-                    "n_excluded": excluded,
-                }
-            )
+        points, reps = _pair_gaps(scores, replicates, tasks, (variant, unlearned, against))
+        rows += _gap_rows(variant, against, tasks, points, reps, n_boot, confidence)
     return pd.DataFrame(rows)
+
+
+def _pair_gaps(
+    scores: _Scores,
+    replicates: Mapping[str, np.ndarray],
+    tasks: Sequence[str],
+    names: tuple[str, str, str],
+) -> tuple[list[float], list[np.ndarray]]:
+    """Per task, the gap ``names = (variant, unlearned, against)`` recovers: the point estimate
+    and its bootstrap replicates ``[n_boot]``."""
+    points, reps = [], []
+    for task in tasks:
+        i, u, r = (scores.index(task, name) for name in names)
+        point = scores.point(task)
+        points.append(float(gap_ratio(point[i], point[u], point[r])))
+        rep = replicates[task]
+        reps.append(gap_ratio(rep[:, i], rep[:, u], rep[:, r]))
+    return points, reps
+
+
+def _gap_rows(
+    variant: str,
+    against: str,
+    tasks: Sequence[str],
+    points: list[float],
+    reps: list[np.ndarray],
+    n_boot: int,
+    confidence: float,
+) -> list[dict[str, Any]]:
+    """The table rows of one (variant, against) pair: each task, then their mean."""
+    rows = []
+    for task, point, rep in zip([*tasks, MEAN_TASK], [*points, np.mean(points)],
+                                [*reps, np.mean(reps, axis=0)], strict=True):  # fmt: skip
+        low, high, excluded = _interval(rep, confidence)
+        if excluded:
+            log.info(
+                "gap recovered of %s against %s on %s: %d of %d replicates had no gap",
+                variant, against, task, excluded, n_boot,
+            )  # fmt: skip
+        rows.append(
+            {
+                "variant": variant,
+                "against": against,
+                "task": task,
+                "gap_recovered": float(point),
+                "ci_low": low,
+                "ci_high": high,
+                "n_boot": n_boot,
+                "n_excluded": excluded,
+            }
+        )
+    return rows
 
 
 def _forget_tasks(

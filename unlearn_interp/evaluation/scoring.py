@@ -1,0 +1,371 @@
+"""Log-likelihood requests, tokenised and scored exactly as lm-evaluation-harness's ``HFLM`` does.
+
+A :class:`Request` is one question as token ids: its context and one continuation per choice.
+:func:`encode_requests` tokenises (context, continuation) pairs the harness's way;
+:func:`score_requests` returns each continuation's summed log-probability. Requests whose
+continuations are all one token take one forward row; the others run their context once on a
+KV cache and only their continuations' tokens on top of it (the harness's one sequence per
+choice is kept as the reference, ``reuse_context=False``).
+
+    >>> reqs = encode_requests(tok, ["Q: 2+2?\\nA:"], [[" four", " five"]])   # doctest: +SKIP
+    >>> score_requests(model, reqs)[0]                # array([-3.1, -4.7])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from unlearn_interp import activations, data, models
+from unlearn_interp.activations import KVCache
+from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.models import Model
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------------------------
+# Requests: tokenisation as the harness does it
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One question as token ids: its context and one continuation per choice."""
+
+    context: tuple[int, ...]
+    continuations: tuple[tuple[int, ...], ...]
+
+    @property
+    def shared(self) -> bool:
+        """True when every continuation is one token: one forward pass scores all of them."""
+        return all(len(c) == 1 for c in self.continuations)
+
+
+def encode_requests(
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: Sequence[str],
+    continuations: Sequence[Sequence[str]],
+    *,
+    add_bos: bool | None = None,
+) -> list[Request]:
+    """Tokenise (context, continuation) pairs exactly as lm-evaluation-harness's ``HFLM`` does.
+
+    Its ``_encode_pair``: trailing whitespace of the context moves to the continuation; the
+    continuation's ids are ``encode(context + continuation)[len(encode(context)):]``. Its
+    ``tok_encode``: special tokens as the tokenizer adds them by default (or as ``add_bos``
+    forces), none if the text already starts with the BOS string. An empty context becomes the
+    BOS (else EOS) token.
+
+    >>> encode_requests(tok, ["Q?\\nAnswer:"], [[" A", " B"]])[0].shared     # doctest: +SKIP
+    True
+    """
+    prefix_id = prefix_token_id(tokenizer)
+    ctx_texts, whole_texts, shapes = [], [], []
+    for context, conts in zip(contexts, continuations, strict=True):
+        n_spaces = len(context) - len(context.rstrip())
+        moved = context[len(context) - n_spaces :]
+        ctx = context[: len(context) - n_spaces]
+        ctx_texts.append(ctx)
+        whole_texts += [ctx + moved + cont for cont in conts]
+        shapes.append(len(conts))
+    ctx_ids = tok_encode(tokenizer, ctx_texts, add_bos, prefix_id)
+    whole_ids = tok_encode(tokenizer, whole_texts, add_bos, prefix_id)
+    requests, start = [], 0
+    for ctx, ctx_text, n in zip(ctx_ids, ctx_texts, shapes, strict=True):
+        wholes = whole_ids[start : start + n]
+        start += n
+        requests.append(_request(ctx, ctx_text, wholes, prefix_id))
+    return requests
+
+
+def _request(ctx: list[int], ctx_text: str, wholes: list[list[int]], prefix_id: int) -> Request:
+    """One request from its context's ids and each ``context + continuation``'s ids."""
+    if ctx_text == "":
+        ctx = [prefix_id]
+        conts = [w[1:] if w[:1] == [prefix_id] else w for w in wholes]
+    else:
+        conts = [w[len(ctx) :] for w in wholes]
+    if any(len(c) == 0 for c in conts):
+        raise UnlearnInterpError(
+            f"a choice of the question starting {ctx_text[-60:]!r} tokenises to nothing"
+        )
+    return Request(tuple(ctx), tuple(tuple(c) for c in conts))
+
+
+def prefix_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """lm-evaluation-harness's ``prefix_token_id``: BOS, else EOS."""
+    token_id = (
+        tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    )
+    if token_id is None:
+        raise UnlearnInterpError("the tokenizer has neither a BOS nor an EOS token")
+    return int(token_id)
+
+
+def tok_encode(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], add_bos: bool | None, prefix_id: int
+) -> list[list[int]]:
+    """``HFLM.tok_encode`` for many texts at once (one tokenizer call per special-token setting)."""
+    bos_text = tokenizer.decode(prefix_id)
+    settings = [
+        add_bos if add_bos is not None else (False if t.startswith(bos_text) else None)
+        for t in texts
+    ]
+    out: list[list[int]] = [[] for _ in texts]
+    for setting in set(settings):
+        where = [i for i, s in enumerate(settings) if s == setting]
+        kwargs = {} if setting is None else {"add_special_tokens": setting}
+        encoded = tokenizer([texts[i] for i in where], **kwargs)["input_ids"]
+        for i, ids in zip(where, encoded, strict=True):
+            out[i] = list(ids)
+    return out
+
+
+def chunks(seq: Sequence[T], size: int) -> Iterator[list[T]]:
+    """``seq`` in consecutive lists of ``size`` (the last may be shorter)."""
+    for start in range(0, len(seq), size):
+        yield list(seq[start : start + size])
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    """One sequence to run: its input ids and, for each of its last ``len(targets)`` positions,
+    the token ids whose log-probabilities are wanted there."""
+
+    request: int
+    choice: int | None  # None: the row scores every choice of its request at once
+    inputs: tuple[int, ...]
+    targets: tuple[tuple[int, ...], ...]  # [n_positions][n_scored]
+
+
+def _rows_for(index: int, request: Request, max_len: int) -> list[_Row]:
+    """Inputs as the harness builds them: ``(context + continuation)[-(max_len+1):][:-1]``."""
+    if request.shared:
+        inputs = request.context[-max_len:]
+        return [_Row(index, None, inputs, (tuple(c[0] for c in request.continuations),))]
+    rows = []
+    for k, cont in enumerate(request.continuations):
+        inputs = (request.context + cont)[-(max_len + 1) :][:-1]
+        rows.append(_Row(index, k, inputs, tuple((t,) for t in cont[-len(inputs) :])))
+    return rows
+
+
+def score_requests(
+    model: Model,
+    requests: Sequence[Request],
+    batch_size: int = 16,
+    progress: bool = True,
+    *,
+    reuse_context: bool = True,
+) -> list[np.ndarray]:
+    """Summed log-probability of every continuation of every request, ``[n_choices]`` each,
+    as lm-evaluation-harness's ``HFLM.loglikelihood`` computes it.
+
+    Requests whose continuations are all single tokens take one sequence (one forward row).
+    With ``reuse_context`` (the default) the others run their context once, keep its keys and
+    values in a KV cache, and run only their continuations' tokens on top of it
+    (:func:`_score_on_context_cache`). A request whose context must be truncated to fit
+    ``n_ctx``, and every request with ``reuse_context=False``, takes one full sequence per
+    continuation, the harness's own way (kept as the reference). Both agree to float rounding
+    (tested to 1e-4 in float32). ``batch_size`` counts sequences per forward pass: contexts,
+    continuations or full rows. Rows are sorted by length so batches pad little, and only the
+    scored positions go through the unembedding.
+
+    Hooks see a cached request in two passes: its context, then its continuations' tokens
+    (right-padded rows). Hooks acting on every position alike (steering, ablation) give the
+    same scores either way; a hook that indexes positions does not.
+
+    >>> reqs = encode_requests(tok, ["Q: 2+2?\\nA:"], [[" four", " five"]])   # doctest: +SKIP
+    >>> score_requests(model, reqs)[0]                # array([-3.1, -4.7])  # doctest: +SKIP
+    """
+    activations.check_batch_size(batch_size)
+    max_len = models.n_ctx(model)
+    if any(len(r.context) + 1 > max_len for r in requests):
+        log.warning(
+            "some prompts exceed the model's %d-token context; truncated on the left", max_len
+        )
+    cached = [
+        i for i, r in enumerate(requests) if reuse_context and _fits_context_cache(r, max_len)
+    ]
+    in_cache = set(cached)
+    rows = [
+        row for i, r in enumerate(requests) if i not in in_cache for row in _rows_for(i, r, max_len)
+    ]
+    n_continuations = sum(len(c) > 1 for i in cached for c in requests[i].continuations)
+    scores = [np.zeros(len(r.continuations)) for r in requests]
+    total = len(rows) + len(cached) + n_continuations
+    bar = tqdm(total=total, desc="scoring", unit="seq", disable=None if progress else True)
+    with torch.no_grad(), bar:
+        _score_rows(model, rows, scores, batch_size, bar)
+        for chunk in chunks(sorted(cached, key=lambda i: -len(requests[i].context)), batch_size):
+            _score_on_context_cache(model, requests, chunk, scores, batch_size, bar)
+    return scores
+
+
+def _fits_context_cache(request: Request, max_len: int) -> bool:
+    """True when the request is worth a context cache (some continuation is longer than one
+    token) and its context plus every continuation but the last token fits ``max_len``
+    untruncated, so that the harness's inputs are exactly ``context + continuation[:-1]``."""
+    longest = max(len(c) for c in request.continuations)
+    return longest > 1 and 0 < len(request.context) <= max_len + 1 - longest
+
+
+def _score_rows(
+    model: Model, rows: list[_Row], scores: list[np.ndarray], batch_size: int, bar: tqdm
+) -> None:
+    """Score full sequences (:func:`_rows_for`) into ``scores``, longest rows first."""
+    pad_id = data.pad_token_id(model.tokenizer)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].inputs))
+    for chunk in chunks(order, batch_size):
+        batch = [rows[i] for i in chunk]
+        logprobs = activations.last_logprobs(
+            model,
+            data.left_pad([r.inputs for r in batch], pad_id),
+            max(len(r.targets) for r in batch),
+        )
+        values = gather(logprobs, [r.targets for r in batch])  # [batch, n_scored]
+        for row, v in zip(batch, values, strict=True):
+            if row.choice is None:
+                scores[row.request][:] = v[: len(row.targets[0])]
+            else:
+                scores[row.request][row.choice] = v[0]
+        bar.update(len(batch))
+
+
+@dataclasses.dataclass
+class _ScoredTokens:
+    """Every token one context-cache chunk scores: per token, the row of the stacked final
+    residuals (``finals``) that predicts it, its id, and the (request, choice) slot it counts for."""
+
+    finals: list[Tensor]  # pieces of [n_rows, d_model], concatenated in order
+    where: list[int]
+    target: list[int]
+    owner: list[int]
+
+    @property
+    def n_rows(self) -> int:
+        return sum(int(f.shape[0]) for f in self.finals)
+
+
+def _score_on_context_cache(
+    model: Model,
+    requests: Sequence[Request],
+    chunk: list[int],
+    scores: list[np.ndarray],
+    batch_size: int,
+    bar: tqdm,
+) -> None:
+    """Score the requests ``chunk`` (at most ``batch_size``) into ``scores``.
+
+    One left-padded pass over their contexts fills a KV cache; its last position scores every
+    continuation's first token. Then the continuations' other tokens run on copies of their
+    request's cached row, ``batch_size`` rows at a time (:func:`_continuation_resid`).
+    Positions come from the attention masks, so each token sits where it would in the full
+    sequence ``context + continuation``. The scored positions of the whole chunk go through
+    the unembedding together (one unembedding call, not one per piece).
+    """
+    reqs = [requests[i] for i in chunk]
+    batch = data.left_pad([r.context for r in reqs], data.pad_token_id(model.tokenizer))
+    batch = batch.to(models.model_device(model))
+    cache = activations.new_kv_cache(model, len(reqs))
+    resid = activations.decode_step(model, batch.tokens, batch.attention_mask, cache)
+    bar.update(len(reqs))  # resid: [n_req, ctx_pos, d_model]
+    slots = [(b, k) for b, r in enumerate(reqs) for k in range(len(r.continuations))]
+    # Row b of resid[:, -1] scores request b's first tokens.
+    scored = _ScoredTokens(
+        finals=[resid[:, -1]],
+        where=[b for b, _ in slots],
+        target=[reqs[b].continuations[k][0] for b, k in slots],
+        owner=list(range(len(slots))),
+    )
+    rest = sorted((bk for bk in slots if len(reqs[bk[0]].continuations[bk[1]]) > 1),
+                  key=lambda bk: -len(reqs[bk[0]].continuations[bk[1]]))  # fmt: skip
+    slot = {bk: n for n, bk in enumerate(slots)}
+    for part in chunks(rest, batch_size):
+        _add_continuations(model, cache, reqs, part, [slot[bk] for bk in part], scored)
+        bar.update(len(part))
+    totals = _summed_logprobs(model, scored, len(slots))
+    for (b, k), value in zip(slots, totals.tolist(), strict=True):
+        scores[chunk[b]][k] = value
+
+
+def _add_continuations(
+    model: Model,
+    cache: KVCache,
+    reqs: list[Request],
+    part: list[tuple[int, int]],
+    owners: list[int],
+    scored: _ScoredTokens,
+) -> None:
+    """Run the continuations ``part`` ((request, choice) pairs) after their cached contexts and
+    record the tokens but the first of each as scored (real positions come row by row)."""
+    conts = [reqs[b].continuations[k] for b, k in part]
+    n_rows = scored.n_rows
+    rows = activations.kv_cache_rows(cache, [b for b, _ in part])
+    scored.finals.append(_continuation_resid(model, rows, conts))
+    for owner, cont in zip(owners, conts, strict=True):
+        scored.where += range(n_rows, n_rows + len(cont) - 1)
+        scored.target += cont[1:]
+        scored.owner += [owner] * (len(cont) - 1)
+        n_rows += len(cont) - 1
+
+
+def _summed_logprobs(model: Model, scored: _ScoredTokens, n_slots: int) -> Tensor:
+    """Float64 sum of each slot's scored tokens' log-probabilities: ``[n_slots]``."""
+    logprobs = activations.unembed(model, torch.cat(scored.finals)[None]).float()
+    logprobs = logprobs.log_softmax(-1)[0]
+    where, target = (torch.tensor(x, device=logprobs.device) for x in (scored.where, scored.target))
+    picked = logprobs[where, target].double().cpu()  # [n_scored]
+    totals = torch.zeros(n_slots, dtype=torch.float64)
+    return totals.index_add_(0, torch.tensor(scored.owner), picked)
+
+
+def _continuation_resid(
+    model: Model, cache: KVCache, continuations: list[tuple[int, ...]]
+) -> Float[Tensor, "n_real d_model"]:
+    """Final residuals of each continuation's tokens but its last, run after its cached context
+    row: inputs ``continuation[:-1]``, right-padded (padding after the real tokens cannot reach
+    them under causal attention, and its mask is 0); the real positions, row by row."""
+    n, width = len(continuations), max(len(c) for c in continuations) - 1
+    tokens = torch.full((n, width), data.pad_token_id(model.tokenizer), dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for row, cont in enumerate(continuations):
+        tokens[row, : len(cont) - 1] = torch.tensor(cont[:-1])
+        mask[row, : len(cont) - 1] = 1
+    device = models.model_device(model)
+    resid = activations.decode_step(model, tokens.to(device), mask.to(device), cache)
+    return resid[mask.bool().to(resid.device)]  # resid: [n, width, d_model]
+
+
+def gather(
+    logprobs: Float[Tensor, "batch pos d_vocab"], targets: Sequence[tuple[tuple[int, ...], ...]]
+) -> np.ndarray:
+    """For each row, the target tokens' log-probs summed over the row's scored positions (its
+    last ``len(targets[b])``): ``[batch, n_scored]`` (zeros where a row scores fewer)."""
+    n_pos, n_scored = logprobs.shape[1], max(len(t[0]) for t in targets)
+    ids = torch.zeros((len(targets), n_pos, n_scored), dtype=torch.long)
+    valid = torch.zeros((len(targets), n_pos, n_scored), dtype=torch.bool)
+    for b, t in enumerate(targets):
+        ids[b, n_pos - len(t) :, : len(t[0])] = torch.tensor(t)
+        valid[b, n_pos - len(t) :, : len(t[0])] = True
+    picked = logprobs.gather(2, ids.to(logprobs.device))
+    picked = torch.where(valid.to(logprobs.device), picked, torch.zeros_like(picked))
+    return picked.double().sum(1).cpu().numpy()
+
+
+__all__ = ["Request", "encode_requests", "gather", "score_requests"]
