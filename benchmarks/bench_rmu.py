@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from unlearn_interp import data, models, rmu
 from unlearn_interp.artifacts import library_versions, write_json
+from unlearn_interp.rmu.train import RMUTrainer
 
 SHAPES = {
     "zephyr-small": {"d_model": 256, "n_heads": 8, "n_kv": 2, "d_mlp": 896, "d_vocab": 2000},
@@ -157,19 +158,19 @@ def sync(device: torch.device) -> None:
 
 def timed_train_rmu(model, forget, retain, cfg: rmu.RMUConfig, step_seconds: list[float]) -> None:
     """train_rmu, untouched, with each of its steps timed (a wrapper around the private step)."""
-    step = rmu._Trainer.step
+    step = RMUTrainer.step
 
-    def timed(self, i):
+    def timed(self, optimizer, i):
         start = time.perf_counter()
-        row = step(self, i)  # ends in .item(): already synchronised
+        record = step(self, optimizer, i)  # ends in .item(): already synchronised
         step_seconds.append(time.perf_counter() - start)
-        return row
+        return record
 
-    rmu._Trainer.step = timed
+    RMUTrainer.step = timed
     try:
         rmu.train_rmu(model, forget, retain, cfg, progress=False)
     finally:
-        rmu._Trainer.step = step
+        RMUTrainer.step = step
 
 
 # --- one method in its own process --------------------------------------------------------------

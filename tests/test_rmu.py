@@ -1,4 +1,4 @@
-"""rmu.py: the reference's loss and schedule exactly, the science RMU should produce on a small
+"""rmu: the reference's loss and schedule exactly, the science RMU should produce on a small
 model, only W_out of update_layers changing, the split forward equal to the full one, Adaptive
 RMU's coefficient, determinism, failure recovery, config validation and the run directory."""
 
@@ -14,6 +14,7 @@ import torch
 from unlearn_interp import data, models, rmu
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.interventions import Variant
+from unlearn_interp.rmu import train as rmu_train
 
 HAZARD = [
     "virus",
@@ -275,20 +276,21 @@ def test_split_forward_equals_full_forward_with_left_padding(word_tokenizer):
     for rotary in (False, True):
         model = _model(word_tokenizer, rotary=rotary, n_layers=4)
         cfg = rmu.RMUConfig(layer=2, update_layers=(1, 2))
-        trainer = rmu._Trainer(model, [FORGET_A], [RETAIN], cfg, torch.ones(1, 32) / 32**0.5)
-        batch = trainer.encode(FORGET_A[:4], 64)
+        vectors = torch.ones(1, 32) / 32**0.5
+        fwd = rmu_train.build_trainer(model, [FORGET_A], [RETAIN], cfg, vectors).forward
+        batch = fwd.encode(FORGET_A[:4], 64)
         assert (batch.attention_mask == 0).any()  # left padding is exercised
         full, _ = _layer_output(model, FORGET_A[:4], layer=2)
-        split = trainer.suffix(trainer.prefix(batch), batch)
+        split = fwd.suffix(fwd.prefix(batch), batch)
         assert torch.allclose(split, full, atol=1e-6, rtol=0)
         # Without the mask, TransformerLens would attend to pads: the mask is what makes it exact.
-        unmasked = model(trainer.prefix(batch), start_at_layer=1, stop_at_layer=3)
+        unmasked = model(fwd.prefix(batch), start_at_layer=1, stop_at_layer=3)
         assert (unmasked - full).abs().max() > 1e-2
         with torch.no_grad():
             models.get_param(model, "blocks.1.mlp.W_out").add_(0.5)
-        frozen = trainer.frozen_suffix(trainer.prefix(batch), batch)
+        frozen = fwd.frozen_suffix(fwd.prefix(batch), batch)
         assert torch.allclose(frozen, full, atol=1e-6, rtol=0)
-        assert (trainer.suffix(trainer.prefix(batch), batch) - full).abs().max() > 1e-2
+        assert (fwd.suffix(fwd.prefix(batch), batch) - full).abs().max() > 1e-2
 
 
 # --- training -----------------------------------------------------------------------------------

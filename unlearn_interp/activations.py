@@ -186,7 +186,7 @@ def run_blocks(
     gradient flows to the model). ``kv_cache`` (:func:`new_kv_cache`) is read and extended.
     """
     kwargs: dict[str, Any] = {"stop_at_layer": models.n_layers(model) if stop is None else stop}
-    if start:
+    if start or torch.is_floating_point(inputs):  # a residual stream enters block `start`, 0 too
         kwargs["start_at_layer"] = start
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
