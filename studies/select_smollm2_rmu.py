@@ -2,14 +2,14 @@
 
 Trains RMU (layer 7, update layers 5-7, alpha 1200, 150 steps, seed 0) at each point of a small
 grid of steering coefficients, learning rates and Adaptive RMU betas, scores the study's forget
-and retain tasks (SciQ and cloze facts, continuation mode: the tasks every variant of the study is scored on), and picks the point with the
-lowest mean forget accuracy among those whose mean retain accuracy stays within 0.03 of base.
-How much any ablation recovers is never computed here.
+and retain tasks (SciQ and cloze facts, continuation mode: the tasks every variant of the study
+is scored on), and picks the point with the lowest mean forget accuracy among those whose mean
+retain accuracy stays within 0.03 of base. How much any ablation recovers is never computed here.
 
     python studies/select_smollm2_rmu.py            # resumes; writes studies/results/*.csv
 
 The table (one row per point and task) is ``studies/results/smollm2_rmu_settings.csv``; the
-choice is printed and recorded in ``unlearn_interp.study.SMOLLM2_RMU``.
+choice is printed and recorded in ``unlearn_interp.pipeline.study_config.SMOLLM2_RMU``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from unlearn_interp import analysis, models, pipeline, rmu, study
-from unlearn_interp.interventions import Variant
+from unlearn_interp import analysis, models, rmu
+from unlearn_interp.pipeline import study
+from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.variants import Variant, restored_weights
 
 RESULTS = Path(__file__).parent / "results"
 COEFS = (150.0, 300.0, 600.0, 1200.0)
@@ -52,7 +54,7 @@ def measure(loaded: study.Study, point: dict) -> pd.DataFrame:
     )
     cfg = study.with_changes(cfg, **changes)
     names = [models.mlp_out_param(layer) for layer in cfg.update_layers]
-    with analysis.restored_weights(loaded.model, names):
+    with restored_weights(loaded.model, names):
         result = rmu.train_rmu(
             loaded.model,
             [loaded.data.forget_corpus],
@@ -77,7 +79,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
-    run = pipeline.RunDir(RESULTS / "smollm2_rmu_settings_run")
+    run = RunDir(RESULTS / "smollm2_rmu_settings_run")
     loaded = study.load_study(run, study.fetch_assets(run, None, True), [0], "chemistry", "cpu")
     table = analysis.run_sweep(points(), lambda p: measure(loaded, p),
                                table_path=RESULTS / "smollm2_rmu_settings.csv",
