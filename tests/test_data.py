@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from unlearn_interp import data
+from unlearn_interp import checks, data
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 
@@ -341,3 +341,28 @@ def test_left_pad_pads_on_the_left_with_mask():
     assert batch.last_positions.tolist() == [2, 2]
     with pytest.raises(UnlearnInterpError):
         data.left_pad([[1], []], pad_id=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared integer-field check
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "minimum", "kind"),
+    [(True, 1, "a positive integer"), (-1, 0, "a non-negative integer"), (2.0, None, "an integer")],
+)
+def test_check_int_refuses_bools_floats_and_small_values_naming_the_field(value, minimum, kind):
+    with pytest.raises(UnlearnInterpError, match=rf"^n_steps must be {kind}, got {value!r}$"):
+        checks.check_int(value, "n_steps", minimum=minimum)
+    assert checks.check_int(3, "n_steps", minimum=minimum) == 3
+    assert checks.check_int(7, "n_steps", minimum=7) == 7
+
+
+def test_load_corpus_min_len_uses_the_shared_integer_check(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("a document\n")
+    with pytest.raises(
+        UnlearnInterpError, match="min_len must be a non-negative integer, got True"
+    ):
+        data.load_corpus(path, min_len=True)
