@@ -30,7 +30,7 @@ from torch import Tensor
 
 from unlearn_interp import evaluation, models, rmu
 from unlearn_interp.activations import Positions, capture_resid, iter_batches, select_positions
-from unlearn_interp.analysis.profile import layer_profile
+from unlearn_interp.analysis.profile import layer_profile, layers_or_all
 from unlearn_interp.analysis.sweeps import Point, Scalar, run_sweep, run_sweep_tables
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
@@ -390,9 +390,7 @@ def layer_sweep(
 
     >>> layer_sweep(model, [bio], [wiki], {"bio": bio_items, "mmlu": mmlu}, cfg, beta=5)  # doctest: +SKIP
     """
-    layers = list(range(models.n_layers(model))) if layers is None else list(layers)
-    for layer in layers:
-        models.check_layer(model, layer)
+    layers = layers_or_all(model, layers)
     coef = base_cfg.steering_coef if coef is None else coef
     points = [
         {"method": method, "layer": layer}

@@ -30,7 +30,9 @@ from unlearn_interp.activations import (
     run_blocks,
     select_positions,
 )
+from unlearn_interp.analysis.profile import layers_or_all
 from unlearn_interp.analysis.sweeps import Scalar, run_sweep
+from unlearn_interp.checks import check_int
 from unlearn_interp.data import Batch
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.models import Model
@@ -69,9 +71,7 @@ def noise_sensitivity(
     >>> noise_sensitivity(model, forget_prompts, noise_scale=[0.5, 1.0])       # doctest: +SKIP
     """
     scales = _checked_scales(noise_scale, n_samples, noise, output)
-    layers = list(range(models.n_layers(model))) if layers is None else list(layers)
-    for layer in layers:
-        models.check_layer(model, layer)
+    layers = layers_or_all(model, layers)
     measure = functools.partial(
         _phi_rows, model, prompts, scales=scales, n_samples=n_samples, noise=noise, output=output,
         positions=positions, seed=seed, batch_size=batch_size, max_len=max_len,
@@ -96,8 +96,7 @@ def _checked_scales(
         raise UnlearnInterpError(f"output must be 'resid' or 'logits', got {output!r}")
     if noise not in ("relative", "absolute"):
         raise UnlearnInterpError(f"noise must be 'relative' or 'absolute', got {noise!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise UnlearnInterpError(f"n_samples must be a positive integer, got {n_samples!r}")
+    check_int(n_samples, "n_samples", minimum=1)
     scales = [float(s) for s in ([noise_scale] if np.isscalar(noise_scale) else noise_scale)]
     if not scales or any(not s >= 0 for s in scales):
         raise UnlearnInterpError(f"noise_scale must be >= 0, got {noise_scale!r}")

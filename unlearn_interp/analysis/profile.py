@@ -20,7 +20,13 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from unlearn_interp import models
-from unlearn_interp.activations import Positions, capture_resid, iter_batches, select_positions
+from unlearn_interp.activations import (
+    Positions,
+    capture_resid,
+    check_layers,
+    iter_batches,
+    select_positions,
+)
 from unlearn_interp.data import Batch
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.models import Model
@@ -55,9 +61,7 @@ def layer_profile(
     ``prompts`` is a list (one set called ``"forget"``) or ``{"forget": [...], "retain": [...]}``.
     """
     _check_variant_names(variants, reference)
-    layers = list(range(models.n_layers(model))) if layers is None else list(layers)
-    for layer in layers:
-        models.check_layer(model, layer)
+    layers = layers_or_all(model, layers)
     axes = _comparison_axes(model, directions, control_vectors)
     prompt_sets = {"forget": prompts} if not isinstance(prompts, Mapping) else prompts
     rows = []
@@ -67,6 +71,11 @@ def layer_profile(
         )
         rows += _profile_rows(sums, set_name, layers)
     return pd.DataFrame(rows)
+
+
+def layers_or_all(model: Model, layers: Sequence[int] | None) -> list[int]:
+    """``layers`` as a list of distinct valid layer indices; every layer when None."""
+    return list(range(models.n_layers(model))) if layers is None else check_layers(model, layers)
 
 
 def _check_variant_names(variants: Sequence[Variant], reference: str) -> None:
@@ -183,4 +192,4 @@ def _profile_rows(
     return rows
 
 
-__all__ = ["PromptSets", "layer_profile"]
+__all__ = ["PromptSets", "layer_profile", "layers_or_all"]
