@@ -563,7 +563,7 @@ def test_rmu_puts_back_weights_and_grad_flags_when_interrupted_mid_training(
             raise kind("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rmu, "masked_mse", fails_at_step_two)
+    monkeypatch.setattr(rmu.loss, "masked_mse", fails_at_step_two)  # where the step looks it up
     tiny_model.blocks[0].attn.W_Q.requires_grad_(False)  # a flag that must survive as it was
     before = state(tiny_model)
     with pytest.raises(kind, match="boom"):
@@ -634,7 +634,7 @@ def test_pipeline_step_leaves_no_hook_no_swapped_weight_and_no_output_after_an_e
             raise kind("boom")
         return real_mse(*args, **kwargs)
 
-    monkeypatch.setattr(rmu, "masked_mse", mse_fails_late)
+    monkeypatch.setattr(rmu.loss, "masked_mse", mse_fails_late)
     run = pipeline.RunDir(run_root, force=True)
     before = state(exp.model)
     with pytest.raises(kind, match="boom"):
