@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import save_hf_checkpoint
 
-from unlearn_interp import cli, data, evaluation, models
+from unlearn_interp import cli, data, evaluation, models, stats
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.interventions import Variant, add_vector_hook, project_out_hook
@@ -448,6 +448,15 @@ def test_gap_recovered():
     assert math.isnan(evaluation.gap_recovered(0.5, 0.5, 0.7))
 
 
+def test_gap_recovered_is_the_rule_of_stats_gap_ratio(monkeypatch, caplog):
+    monkeypatch.setattr(stats, "gap_ratio", lambda i, u, b: np.float64(100 * i + 10 * u + b))
+    assert evaluation.gap_recovered(0.1, 0.2, 0.3) == pytest.approx(32.1)
+    monkeypatch.undo()
+    with caplog.at_level("WARNING"):
+        assert math.isnan(evaluation.gap_recovered(0.5, 0.5, 0.7))
+    assert "no gap to recover" in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------
 # Generation and confidence
 # ---------------------------------------------------------------------------------------------
@@ -594,6 +603,58 @@ def test_evaluate_command_bad_file_exits_2_naming_row(tmp_path, letter_tokenizer
     bad.write_text(json.dumps({"question": "q", "choices": ["a", "b", "c"], "answer": 0}) + "\n")
     assert cli.main(["evaluate", "--model", str(tmp_path), "--mcq", str(bad)]) == 2
     assert "line 1: field 'choices'" in capsys.readouterr().err
+
+
+def noisy_variants(model) -> list[Variant]:
+    w_out = models.get_param(model, "blocks.1.mlp.W_out").detach()
+    torch.manual_seed(1)
+    noisy = {"blocks.1.mlp.W_out": w_out + 0.5 * torch.randn_like(w_out)}
+    return [Variant("base"), Variant("noisy", weights=noisy)]
+
+
+def test_accuracy_table_equals_mcq_accuracy_under_each_variant(letter_tokenizer):
+    model = small_model(letter_tokenizer)
+    variants = noisy_variants(model)
+    tasks = {"a": ITEMS[:6], "b": ITEMS[6:10]}
+    table, per_item = evaluation.accuracy_table(
+        model, variants, tasks, batch_size=4, progress=False, per_item=True,
+        task_kwargs={"b": {"mode": "continuation"}},
+    )  # fmt: skip
+    assert list(table.columns) == ["variant", "task", "accuracy", "n", "accuracy_norm"]
+    assert table[["variant", "task"]].values.tolist() == [
+        ["base", "a"], ["base", "b"], ["noisy", "a"], ["noisy", "b"],
+    ]  # fmt: skip
+    assert len(per_item) == 20 and no_hooks_left(model)
+    for variant in variants:
+        for task, mode in (("a", "letter"), ("b", "continuation")):
+            with variant.applied(model):
+                expected = evaluation.mcq_accuracy(model, tasks[task], mode, progress=False)
+            row = table.query(f"variant == '{variant.name}' and task == '{task}'").iloc[0]
+            assert (row.accuracy, row.n) == (expected.accuracy, expected.n)
+            assert (row.accuracy_norm == expected.accuracy_norm) or (
+                mode == "letter" and math.isnan(row.accuracy_norm)
+            )
+            got = per_item.query(f"variant == '{variant.name}' and task == '{task}'")
+            cols = list(expected.per_item.columns)
+            pd.testing.assert_frame_equal(
+                got[cols].reset_index(drop=True), expected.per_item, check_dtype=False
+            )
+    assert table.accuracy.nunique() > 1  # the noisy weights were in place for its rows
+
+
+def test_accuracy_table_takes_tasks_per_variant_and_evaluate_variants_is_it(letter_tokenizer):
+    model = small_model(letter_tokenizer)
+    variants = noisy_variants(model)
+    tasks = {"a": ITEMS[:4], "b": ITEMS[4:8]}
+    only_a = evaluation.accuracy_table(
+        model, variants, lambda name: tasks if name == "base" else {"a": tasks["a"]},
+        progress=False,
+    )  # fmt: skip
+    assert only_a[["variant", "task"]].values.tolist() == [
+        ["base", "a"], ["base", "b"], ["noisy", "a"],
+    ]  # fmt: skip
+    whole = evaluation.evaluate_variants(model, variants, tasks, progress=False)
+    pd.testing.assert_frame_equal(whole.iloc[:3], only_a)
 
 
 def test_format_accuracy_table_adds_gap_rows():
