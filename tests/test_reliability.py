@@ -298,7 +298,7 @@ def test_the_good_versions_of_those_commands_succeed(
     ):
         assert run_cli(["-q", *argv], monkeypatch, capsys)[0] == 0, argv
     # RUN is the pipeline: covered by test_pipeline; here only that its options parse
-    assert cli.build_parser().parse_args(_with(RUN, unlearned="ckpt", layer="1")).handler
+    assert cli.build_parser().parse_args(_with(RUN, unlearned="ckpt", layer="1")).job
 
 
 def test_debug_shows_the_traceback(files, monkeypatch, capsys):

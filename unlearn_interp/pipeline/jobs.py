@@ -1,0 +1,462 @@
+"""What each ``unlearn-interp`` command does, as plain functions of plain arguments.
+
+The command line parses options and calls one job here; the job loads what it needs, calls the
+library and writes the outputs, then returns the text the command prints. The constants below are
+the choices the command line offers, taken from the library so they are stated once.
+
+    >>> text = unlearn_job("runs/rmu", model="gpt2", forget=["bio.jsonl"], retain=["wiki.txt"],
+    ...                    rmu_settings={"layer": 7, "steps": 150})      # doctest: +SKIP
+    >>> text = evaluate_job("gpt2", ["wmdp_bio.jsonl"], run="runs/rmu", ablate="runs/rmu")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearn_interp import (
+    activations,
+    artifacts,
+    data,
+    directions,
+    evaluation,
+    models,
+    organism,
+    rmu,
+    sources,
+)
+from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.interventions import ablation_hooks
+from unlearn_interp.pipeline.demo import run_demo, run_experiment
+from unlearn_interp.pipeline.gallery import make_figures
+from unlearn_interp.pipeline.report import summary_text
+from unlearn_interp.pipeline.study import run_model_demo
+from unlearn_interp.pipeline.study_config import SMOLLM2
+from unlearn_interp.rmu import RMUConfig
+from unlearn_interp.variants import Variant
+
+# The choices the command line offers.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MCQ_MODES = evaluation.MODES
+DIRECTION_METHODS = directions.METHODS
+DIRECTION_PREFERENCES = directions.PREFERENCES
+ORGANISM = "organism"
+DEMO_MODELS = (ORGANISM, SMOLLM2)
+ORGANISM_SIZES = tuple(organism.SIZES)
+ASSET_NAMES = tuple(sorted(sources.ASSETS))
+ADD_BOS = {"auto": None, "yes": True, "no": False}  # None: as the tokenizer adds it
+RMU_CHOICES: dict[str, Sequence[str]] = {"control_vector": rmu.CONTROL_VECTOR_KINDS}
+
+__all__ = [
+    "ADD_BOS",
+    "ASSET_NAMES",
+    "DEMO_MODELS",
+    "DIRECTION_METHODS",
+    "DIRECTION_PREFERENCES",
+    "DTYPES",
+    "MCQ_MODES",
+    "ORGANISM_SIZES",
+    "RMUConfig",
+    "RMU_CHOICES",
+    "demo_job",
+    "direction_job",
+    "evaluate_job",
+    "fetch_job",
+    "figures_job",
+    "info_job",
+    "quiet_progress_bars",
+    "run_job",
+    "unlearn_job",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces: output directory, model, corpora, RMU config
+# ---------------------------------------------------------------------------------------------
+
+
+def quiet_progress_bars() -> None:
+    """Hide HuggingFace's "Loading weights" bars, whenever tqdm was imported (``-q``)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def check_out_dir(out: str | os.PathLike) -> None:
+    """Refuse an ``out`` that is a file before computing anything, not when saving the result."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UnlearnInterpError(f"--out {out} is a file, not a run directory")
+
+
+def load_model(name_or_path: str, device: str | None, dtype: str) -> models.Model:
+    """``models.load_model`` with the dtype given by name (a key of :data:`DTYPES`)."""
+    return models.load_model(name_or_path, device=device, dtype=DTYPES[dtype])
+
+
+def load_corpora(
+    forget: Sequence[str], retain: Sequence[str], min_len: int = 0
+) -> tuple[list[list[str]], list[list[str]]]:
+    """One corpus per forget file and one retain corpus per topic (one retain file is shared by
+    every topic); each file is read once.
+
+    >>> forget, retain = load_corpora(["bio.jsonl", "cyber.jsonl"], ["wiki.txt"])  # doctest: +SKIP
+    """
+    retain_files = list(retain) * len(forget) if len(retain) == 1 else list(retain)
+    if len(retain_files) != len(forget):
+        raise UnlearnInterpError(
+            f"--retain needs one file per --forget file or one shared by all: got "
+            f"{len(forget)} forget and {len(retain)} retain files"
+        )
+    loaded: dict[str, list[str]] = {}
+    for path in [*forget, *retain_files]:
+        if path not in loaded:
+            loaded[path] = data.load_corpus(path, min_len=min_len)
+    return [loaded[p] for p in forget], [loaded[p] for p in retain_files]
+
+
+def rmu_config(settings: Mapping[str, Any], path: str | None = None) -> RMUConfig:
+    """The RMUConfig of ``settings`` (field -> value), on top of JSON file ``path`` when given;
+    fields set in neither keep RMUConfig's defaults. Errors name the file when there is one.
+
+    >>> rmu_config({"layer": 7, "steps": 10}).steps
+    10
+    """
+    if path is None:
+        return RMUConfig.from_dict(dict(settings))
+    try:
+        values = artifacts.read_json(path)
+        if isinstance(values, Mapping):
+            values = {**values, **settings}
+        return RMUConfig.from_dict(values)
+    except UnlearnInterpError as err:
+        if str(err).startswith(path):
+            raise
+        raise UnlearnInterpError(f"{path}: {err}") from err
+
+
+def demo_summary(metrics: Mapping[str, Any], out: str) -> str:
+    """The short table printed at the end of a demo or ``run``: accuracy per variant and task,
+    gap recovered, the junk direction."""
+    accuracy = metrics["accuracy"]
+    tasks = list(next(iter(accuracy.values())))
+    lines = [f"{'variant':<20}" + "".join(f"{t:>12}" for t in tasks)]
+    for variant, by_task in accuracy.items():
+        lines.append(f"{variant:<20}" + "".join(f"{by_task[t]:>12.3f}" for t in tasks))
+    gaps = metrics["gap_recovered"]
+    lines.append(f"gap recovered: junk {gaps['junk']:.2f}, random {gaps['random']:.2f}")
+    junk = metrics["junk_direction"]
+    lines.append(
+        f"junk direction at layer {junk['layer']}: cos with control vector "
+        f"{junk['cos_with_control_vector']:.3f}"
+    )
+    lines.append(f"total {metrics['seconds']['total']:.0f} s; report: {out}/report.md")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# info, fetch, figures, demo
+# ---------------------------------------------------------------------------------------------
+
+
+def info_job() -> str:
+    """Versions of the toolkit and its main dependencies, and whether CUDA is there."""
+    lines = [f"{package} {found}" for package, found in artifacts.library_versions().items()]
+    lines.append(f"cuda available: {torch.cuda.is_available()}")
+    return "\n".join(lines) + "\n"
+
+
+def fetch_job(
+    names: Sequence[str], *, list_assets: bool = False, force: bool = False, progress: bool = True
+) -> str:
+    """Fetch each named asset into the cache (an unknown name fails before any download);
+    ``list_assets`` lists every known asset and whether it is cached."""
+    lines = [_listing_line(row) for row in sources.listing()] if list_assets else []
+    if not names and not list_assets:
+        raise UnlearnInterpError(
+            f"name at least one asset to fetch ({', '.join(ASSET_NAMES)}) or pass --list"
+        )
+    for name in names:
+        sources.get_asset(name)
+    for name in names:
+        lines.append(f"{name} {sources.fetch(name, force=force, progress=progress)}")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _listing_line(row: Mapping[str, Any]) -> str:
+    cached = f"cached {row['path']}" if row["cached"] else "not cached"
+    return (
+        f"{row['name']:<20} {row['kind']:<6} {row['requirement']:<24} {row['license']} | {cached}"
+    )
+
+
+def figures_job(
+    out: str,
+    *,
+    size: str = "demo",
+    seed: int = 0,
+    work: str | None = None,
+    force: bool = False,
+    html: bool = False,
+    progress: bool = True,
+) -> str:
+    """Every committed figure as a PNG in ``out``; returns their paths, one a line."""
+    paths = make_figures(
+        out, size=size, seed=seed, work_dir=work, force=force, html=html, progress=progress
+    )
+    return "".join(f"{p}\n" for p in paths)
+
+
+def demo_job(
+    out: str,
+    *,
+    model: str = ORGANISM,
+    size: str = "demo",
+    seed: int = 0,
+    seeds: Sequence[int] = (0, 1, 2),
+    device: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> str:
+    """The organism demo (``model`` = :data:`ORGANISM`) or the real-model study; returns the
+    summary table."""
+    if model != ORGANISM:
+        metrics = run_model_demo(
+            out, model=model, seeds=seeds, device=device, force=force, progress=progress
+        )
+        return summary_text(metrics, out)
+    metrics = run_demo(out, size=size, seed=seed, force=force, progress=progress)
+    return demo_summary(metrics, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# unlearn, run
+# ---------------------------------------------------------------------------------------------
+
+
+def unlearn_job(
+    out: str,
+    *,
+    model: str,
+    forget: Sequence[str],
+    retain: Sequence[str],
+    rmu_settings: Mapping[str, Any],
+    min_len: int = 0,
+    device: str | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> str:
+    """Train RMU on ``model`` and write the run directory ``out``; returns a one-line summary."""
+    cfg = rmu_config(rmu_settings)
+    check_out_dir(out)
+    forget_corpora, retain_corpora = load_corpora(forget, retain, min_len)
+    loaded = load_model(model, device, dtype)
+    result = rmu.train_rmu(loaded, forget_corpora, retain_corpora, cfg, progress=progress)
+    result.save(out)
+    last = result.history.iloc[-1]
+    return (
+        f"RMU at layer {cfg.layer}, {cfg.steps} steps, coefficients "
+        f"{[round(c, 4) for c in result.coefficients.tolist()]}: final forget loss "
+        f"{last.forget_loss:.4g}, retain loss {last.retain_loss:.4g}, cos(forget, u) "
+        f"{last.cos_forget_u:.3f}, cos(retain, frozen) {last.cos_retain_frozen:.4f} -> {out}\n"
+    )
+
+
+def run_job(
+    out: str,
+    *,
+    base: str,
+    forget_mcq: Sequence[str],
+    prompts: str,
+    unlearned: str | None = None,
+    rmu_config_file: str | None = None,
+    rmu_settings: Mapping[str, Any] | None = None,
+    forget: Sequence[str] = (),
+    retain: Sequence[str] = (),
+    min_len: int = 0,
+    retain_mcq: Sequence[str] = (),
+    retain_prompts: str | None = None,
+    mode: str = "letter",
+    device: str | None = None,
+    dtype: str = "float32",
+    batch_size: int = 8,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+) -> str:
+    """The demo's analysis on checkpoint ``base``: the unlearned model is checkpoint
+    ``unlearned``, or RMU trained here (``rmu_settings`` over ``rmu_config_file``) on the
+    ``forget``/``retain`` corpora. ``rmu_settings["layer"]`` is also the analysis layer."""
+    settings = dict(rmu_settings or {})
+    tasks = {Path(f).stem: data.load_mcq(f) for f in [*forget_mcq, *retain_mcq]}
+    config = None if unlearned else _run_rmu_config(settings, rmu_config_file, forget, retain)
+    if unlearned:
+        _check_checkpoint_settings(settings)
+    forget_corpora, retain_corpora = load_corpora(forget, retain, min_len) if config else ([], [])
+    metrics = run_experiment(
+        out, base=base, tasks=tasks, forget_tasks=[Path(f).stem for f in forget_mcq],
+        prompts=data.load_prompts(prompts),
+        retain_prompts=data.load_prompts(retain_prompts) if retain_prompts else None,
+        layer=settings.get("layer"), unlearned=unlearned, rmu_config=config,
+        forget_corpora=forget_corpora, retain_corpora=retain_corpora, mcq_mode=mode,
+        device=device, dtype=DTYPES[dtype], batch_size=batch_size, seed=seed, force=force,
+        progress=progress,
+    )  # fmt: skip
+    return demo_summary(metrics, out)
+
+
+def _run_rmu_config(
+    settings: Mapping[str, Any], path: str | None, forget: Sequence[str], retain: Sequence[str]
+) -> RMUConfig:
+    """The config ``run`` trains RMU with; it needs corpora to train on."""
+    config = rmu_config(settings, path)
+    if not forget or not retain:
+        raise UnlearnInterpError(
+            "training RMU needs --forget and --retain corpora (or give --unlearned)"
+        )
+    return config
+
+
+def _check_checkpoint_settings(settings: Mapping[str, Any]) -> None:
+    """With an unlearned checkpoint nothing is trained: an RMU option other than the layer
+    would be ignored, so it is an error."""
+    unused = sorted(name for name in settings if name != "layer")
+    if unused:
+        raise UnlearnInterpError(
+            f"RMU option {unused[0]!r} trains RMU here; it has no effect with --unlearned"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# direction, evaluate
+# ---------------------------------------------------------------------------------------------
+
+
+def direction_job(
+    out: str,
+    *,
+    model: str,
+    prompts: str,
+    run: str | None = None,
+    unlearned: str | None = None,
+    layer: int | None = None,
+    all_layers: bool = False,
+    positions: str | int = "last",
+    method: str = "diff_in_means",
+    retain_prompts: str | None = None,
+    outlier_z: float | None = None,
+    min_raw_norm: float = 0.0,
+    min_cos_control: float | None = None,
+    prefer: str = "raw_norm",
+    batch_size: int = 16,
+    max_len: int | None = None,
+    device: str | None = None,
+    dtype: str = "float32",
+) -> str:
+    """The junk direction of run ``run`` (or checkpoint ``unlearned``) against base ``model``,
+    written into ``out`` with its per-layer candidates; returns a one-line summary."""
+    check_out_dir(out)
+    activations.check_positions(positions)
+    prompt_list = data.load_prompts(prompts)
+    if not prompt_list:
+        raise UnlearnInterpError(f"{prompts} holds no prompts")
+    retain = data.load_prompts(retain_prompts) if retain_prompts else None
+    loaded = load_model(model, device, dtype)
+    unlearned_variant, controls = _unlearned_variant(loaded, run, unlearned)
+    direction, candidates = directions.extract_direction(
+        loaded, Variant("base"), unlearned_variant, prompt_list, layer=layer,
+        all_layers=all_layers, positions=positions, method=method, retain_prompts=retain,
+        outlier_z=outlier_z, control_vectors=controls, min_raw_norm=min_raw_norm,
+        min_cos_control=min_cos_control, prefer=prefer, batch_size=batch_size, max_len=max_len,
+    )  # fmt: skip
+    paths = directions.save_extraction(out, direction, candidates)
+    return (
+        f"direction at layer {direction.layer} ({direction.method}, raw norm "
+        f"{direction.raw_norm:.4g}, {direction.n_prompts} prompts) -> {paths['direction']}\n"
+    )
+
+
+def _unlearned_variant(
+    model: models.Model, run: str | None, checkpoint: str | None
+) -> tuple[Variant, torch.Tensor | None]:
+    """The unlearned variant of run directory ``run`` (with its control vectors), else the
+    tensors in which ``checkpoint`` differs from ``model``."""
+    if run:
+        return directions.unlearned_from_run(model, run)
+    return models.variant_from_checkpoint(model, checkpoint), None
+
+
+def evaluate_job(
+    model: str,
+    mcq: Sequence[str],
+    *,
+    run: str | None = None,
+    ablate: str | None = None,
+    mode: str = "letter",
+    subject: str | None = None,
+    add_bos: str = "auto",
+    batch_size: int = 16,
+    device: str | None = None,
+    dtype: str = "float32",
+    out: str | None = None,
+    progress: bool = True,
+) -> str:
+    """MCQ accuracy of the base ``model``, run ``run``'s unlearned weights and, with ``ablate``,
+    the direction projected out of the last of them; returns the table as text (and writes it
+    as CSV to ``out``)."""
+    tasks = _mcq_tasks(mcq, subject)
+    loaded = load_model(model, device, dtype)
+    variants = [Variant("base")]
+    if run:
+        variants.append(directions.unlearned_from_run(loaded, run)[0])
+    if ablate:
+        vector = _checked_vector(loaded, model, ablate)
+        source = variants[-1]
+        variants.append(source.with_hooks(ablation_hooks(vector), name=f"{source.name}_ablated"))
+    table = evaluation.evaluate_variants(
+        loaded, variants, tasks, mode=mode, batch_size=batch_size, progress=progress,
+        add_bos=ADD_BOS[add_bos],
+    )  # fmt: skip
+    text = evaluation.format_accuracy_table(table) + "\n"
+    if out:
+        with artifacts.atomic_path(out) as tmp:
+            table.to_csv(tmp, index=False)
+        text += f"wrote {out}\n"
+    return text
+
+
+def _mcq_tasks(paths: Sequence[str], subject: str | None) -> dict[str, list[data.MCQItem]]:
+    """One task per file, named by the file name up to its first dot (made unique)."""
+    tasks: dict[str, list[data.MCQItem]] = {}
+    for path in paths:
+        name = Path(path).name.split(".")[0]
+        tasks[name if name not in tasks else f"{name}_{len(tasks)}"] = data.load_mcq(
+            path, subject=subject
+        )
+    return tasks
+
+
+def _checked_vector(model: models.Model, model_name: str, path: str) -> torch.Tensor:
+    """The direction vector in ``path``, checked to fit ``model``'s width."""
+    vector = direction_vector(path)
+    if vector.shape[-1] != models.d_model(model):
+        raise UnlearnInterpError(
+            f"{path}: the direction has d_model {vector.shape[-1]} but {model_name} "
+            f"has {models.d_model(model)}"
+        )
+    return vector
+
+
+def direction_vector(path: str | os.PathLike) -> torch.Tensor:
+    """The ``vector`` of a direction file: a ``Direction`` (with its JSON twin, or a run
+    directory) through ``Direction.load``, else any safetensors file with a ``vector`` tensor."""
+    path_ = Path(path)
+    if path_.is_dir() or path_.with_suffix(".json").is_file():
+        return directions.Direction.load(path_).vector
+    tensors = models.load_weights(path_)
+    if "vector" not in tensors:
+        raise UnlearnInterpError(f"{path} has no tensor named 'vector'")
+    return tensors["vector"]
