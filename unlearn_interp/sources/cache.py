@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from unlearn_interp.artifacts import _process_alive, cache_root, library_versions
+from unlearn_interp.artifacts import cache_root, library_versions, process_alive
 from unlearn_interp.sources.registry import ASSETS, Asset
 
 MANIFEST = "manifest.json"
@@ -117,7 +117,7 @@ def remove_stale_work_dirs(root: Path, name: str) -> None:
     pattern = re.compile(rf"^\.{re.escape(name)}\.(partial|download|old)-(\d+)$")
     for path in root.iterdir():
         match = pattern.match(path.name)
-        if match and not _process_alive(int(match.group(2))):
+        if match and not process_alive(int(match.group(2))):
             shutil.rmtree(path, ignore_errors=True)
 
 
