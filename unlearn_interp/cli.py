@@ -23,6 +23,7 @@ import os
 import sys
 import types
 import typing
+from argparse import SUPPRESS
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,23 +54,11 @@ RMU_HELP = {
 }
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared option groups
-# ---------------------------------------------------------------------------------------------
-
-
-def _add_model_options(
-    parser: argparse.ArgumentParser,
-    jobs: types.ModuleType,
-    flag: str = "--model",
-    help: str = MODEL_HELP,
-) -> None:
+def _add_model_options(parser, jobs: types.ModuleType, flag="--model", help=MODEL_HELP) -> None:
     """The model to load and how: ``--model`` (or ``flag``), ``--dtype``, ``--device``."""
     group = parser.add_argument_group("model")
     group.add_argument(flag, required=True, help=help)
-    group.add_argument(
-        "--dtype", choices=tuple(jobs.DTYPES), default="float32", help="weights' dtype"
-    )
+    group.add_argument("--dtype", choices=tuple(jobs.DTYPES), help="weights' dtype")
     _add_device_option(group)
 
 
@@ -77,8 +66,8 @@ def _add_device_option(group: argparse._ActionsContainer) -> None:
     group.add_argument("--device", help="torch device (default: cuda when available)")
 
 
-def _add_out_option(parser: argparse.ArgumentParser, required: bool = True, **kwargs) -> None:
-    parser.add_argument("--out", required=required, metavar="RUN_DIR", **kwargs)
+def _add_out_option(parser: argparse.ArgumentParser, **kwargs) -> None:
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", **kwargs)
 
 
 def _add_force_option(parser: argparse.ArgumentParser, what: str = "every step") -> None:
@@ -88,27 +77,21 @@ def _add_force_option(parser: argparse.ArgumentParser, what: str = "every step")
 def _add_corpus_options(parser: argparse.ArgumentParser, required: bool) -> None:
     """The corpora RMU trains on: ``--forget``, ``--retain``, ``--min-len``."""
     group = parser.add_argument_group("corpora")
-    default = None if required else []
     group.add_argument(
-        "--forget", required=required, nargs="+", default=default, metavar="FILE",
+        "--forget", required=required, nargs="+", metavar="FILE",
         help="one corpus per topic: .jsonl (a 'text' field), .txt, .parquet or a datasets dir",
     )  # fmt: skip
     group.add_argument(
-        "--retain", required=required, nargs="+", default=default, metavar="FILE",
+        "--retain", required=required, nargs="+", metavar="FILE",
         help="one retain corpus per --forget file, or one shared by all topics",
     )  # fmt: skip
     group.add_argument(
-        "--min-len", type=int, metavar="CHARS", default=0,
+        "--min-len", type=int, metavar="CHARS",
         help="drop documents of at most this many characters (the reference uses 50)",
     )  # fmt: skip
 
 
-def _add_rmu_options(
-    parser: argparse.ArgumentParser,
-    jobs: types.ModuleType,
-    layer_required: bool,
-    prefixed: Sequence[str] = (),
-) -> None:
+def _add_rmu_options(parser, jobs: types.ModuleType, layer_required: bool, prefixed=()) -> None:
     """One option per RMUConfig field, ``--<field>`` (``--rmu-<field>`` for the fields in
     ``prefixed``, whose plain spelling the command uses for something else). Unset options
     stay out of the config, which then keeps its own defaults."""
@@ -164,6 +147,24 @@ class _OneOrMany(argparse.Action):
         setattr(namespace, self.dest, values[0] if len(values) == 1 else values)
 
 
+def _add_organism_options(parser: argparse.ArgumentParser, jobs: types.ModuleType) -> None:
+    parser.add_argument("--size", choices=jobs.ORGANISM_SIZES, help="organism size")
+    parser.add_argument("--seed", type=int, help="organism seed")
+
+
+def _use_job(parser: argparse.ArgumentParser, job: Callable[..., str]) -> None:
+    """``parser``'s command calls ``job``; options left out take the job's defaults, shown in
+    the help."""
+    params = inspect.signature(job).parameters.values()
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    parser.set_defaults(job=job, **defaults)
+    for action in parser._actions:  # flags (nargs 0) and unset-means-absent options excepted
+        if action.nargs != 0 and action.default not in (None, (), SUPPRESS):
+            action.help = (
+                f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
+            )
+
+
 def _positions(text: str) -> str | int:
     """``--positions``: a token index as an int, else the text (the job checks it)."""
     try:
@@ -172,14 +173,9 @@ def _positions(text: str) -> str | int:
         return text
 
 
-# ---------------------------------------------------------------------------------------------
-# Subcommands
-# ---------------------------------------------------------------------------------------------
-
-
 def _add_info(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
     parser = sub.add_parser("info", help="show versions of the toolkit and its main dependencies")
-    parser.set_defaults(job=jobs.info_job)
+    _use_job(parser, jobs.info_job)
 
 
 def _add_demo(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
@@ -190,23 +186,20 @@ def _add_demo(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
         "with RMU, extract the junk direction, ablate it (and a random control), and write "
         "metrics.json, report.md, tables and figures into --out. With --model smollm2-135m: "
         "the same study on a real pretrained model and real data fetched from the package "
-        "index, over several seeds, with the junk subspace, controls and 95%% intervals. "
+        "index, over several seeds, with the junk subspace, controls and 95% intervals. "
         "Finished steps are skipped when run again.",
     )
     _add_out_option(parser)
     parser.add_argument(
-        "--model", choices=jobs.DEMO_MODELS, default=jobs.DEMO_MODELS[0],
-        help="the model organism (default) or the real-model study",
-    )  # fmt: skip
-    parser.add_argument("--size", choices=jobs.ORGANISM_SIZES, default="demo", help="organism size")
-    parser.add_argument("--seed", type=int, default=0, help="organism seed")
+        "--model", choices=jobs.DEMO_MODELS, help="the organism or a real-model study"
+    )
+    _add_organism_options(parser, jobs)
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
-        help="RMU seeds of the real-model study (default 0 1 2)",
-    )  # fmt: skip
+        "--seeds", type=int, nargs="+", metavar="S", help="RMU seeds of the real-model study"
+    )
     _add_device_option(parser)
     _add_force_option(parser)
-    parser.set_defaults(job=jobs.demo_job)
+    _use_job(parser, jobs.demo_job)
 
 
 def _add_run(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
@@ -221,7 +214,7 @@ def _add_run(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
     _add_model_options(parser, jobs, flag="--base")
     how = parser.add_mutually_exclusive_group()
     how.add_argument(
-        "--unlearned", metavar="DIR", help="unlearned HF checkpoint (same architecture)"
+        "--unlearned", metavar="DIR", help="unlearned HF checkpoint, same architecture"
     )
     how.add_argument(
         "--rmu-config", dest="rmu_config_file", metavar="JSON",
@@ -230,24 +223,17 @@ def _add_run(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
     _add_corpus_options(parser, required=False)
     _add_rmu_options(parser, jobs, layer_required=False, prefixed=("batch_size", "seed"))
     group = parser.add_argument_group("analysis")
-    group.add_argument(
-        "--forget-mcq", nargs="+", required=True, metavar="FILE", help="hazardous MCQ files"
-    )
-    group.add_argument(
-        "--retain-mcq", nargs="+", default=[], metavar="FILE", help="general MCQ files (e.g. MMLU)"
-    )
-    group.add_argument(
-        "--prompts", required=True, metavar="FILE", help="hazardous prompts for the direction"
-    )
-    group.add_argument(
-        "--retain-prompts", metavar="FILE", help="benign prompts for the layer profile"
-    )
-    group.add_argument("--mode", choices=jobs.MCQ_MODES, default="letter")
-    group.add_argument("--batch-size", type=int, default=8, help="analysis batch size")
-    group.add_argument("--seed", type=int, default=0, help="analysis seed (random controls)")
+    files = {"nargs": "+", "metavar": "FILE"}
+    group.add_argument("--forget-mcq", required=True, help="hazardous MCQ files", **files)
+    group.add_argument("--retain-mcq", help="general MCQ files (e.g. MMLU)", **files)
+    group.add_argument("--prompts", required=True, metavar="FILE", help="prompts for the direction")
+    group.add_argument("--retain-prompts", metavar="FILE", help="prompts for the layer profile")
+    group.add_argument("--mode", choices=jobs.MCQ_MODES)
+    group.add_argument("--batch-size", type=int, help="analysis batch size")
+    group.add_argument("--seed", type=int, help="analysis seed (random controls)")
     _add_out_option(parser)
     _add_force_option(parser)
-    parser.set_defaults(job=jobs.run_job)
+    _use_job(parser, jobs.run_job)
 
 
 def _add_unlearn(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
@@ -264,7 +250,7 @@ def _add_unlearn(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> Non
     _add_corpus_options(parser, required=True)
     _add_rmu_options(parser, jobs, layer_required=True)
     _add_out_option(parser)
-    parser.set_defaults(job=jobs.unlearn_job)
+    _use_job(parser, jobs.unlearn_job)
 
 
 def _add_direction(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
@@ -292,21 +278,16 @@ def _add_direction(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> N
         "--all-layers", action="store_true",
         help="score candidates at every layer; without --layer, select one by the thresholds",
     )  # fmt: skip
-    parser.add_argument(
-        "--positions",
-        type=_positions,
-        default="last",
-        help="'last' (default), 'all' or a token index",
-    )
-    parser.add_argument("--method", choices=jobs.DIRECTION_METHODS, default="diff_in_means")
+    parser.add_argument("--positions", type=_positions, help="'last', 'all' or a token index")
+    parser.add_argument("--method", choices=jobs.DIRECTION_METHODS)
     parser.add_argument(
         "--retain-prompts", help="retain prompts file, for --method forget_minus_retain"
     )
     _add_selection_options(parser, jobs)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-len", type=int, help="truncate prompts to this many tokens")
     _add_out_option(parser, help="run directory to write into")
-    parser.set_defaults(job=jobs.direction_job)
+    _use_job(parser, jobs.direction_job)
 
 
 def _add_selection_options(parser: argparse.ArgumentParser, jobs: types.ModuleType) -> None:
@@ -317,15 +298,14 @@ def _add_selection_options(parser: argparse.ArgumentParser, jobs: types.ModuleTy
         help="drop tokens whose difference-norm z-score exceeds this (for --positions all)",
     )  # fmt: skip
     group.add_argument(
-        "--min-raw-norm", type=float, default=0.0,
-        help="selection threshold with --all-layers and no --layer",
-    )  # fmt: skip
+        "--min-raw-norm", type=float, help="selection threshold with --all-layers and no --layer"
+    )
     group.add_argument(
         "--min-cos-control", type=float,
         help="selection threshold on |cos| with the run's control vectors",
     )  # fmt: skip
     group.add_argument(
-        "--prefer", choices=jobs.DIRECTION_PREFERENCES, default="raw_norm",
+        "--prefer", choices=jobs.DIRECTION_PREFERENCES,
         help="score that picks among the layers passing the thresholds (--all-layers, no --layer)",
     )  # fmt: skip
 
@@ -350,20 +330,20 @@ def _add_evaluate(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> No
         metavar="DIRECTION",
         help="direction.safetensors (key 'vector') or a run directory",
     )
-    parser.add_argument("--mode", choices=jobs.MCQ_MODES, default="letter")
+    parser.add_argument("--mode", choices=jobs.MCQ_MODES)
     parser.add_argument(
         "--subject", help="subject for the description line (default: per row or file name)"
     )
     parser.add_argument(
-        "--add-bos", choices=tuple(jobs.ADD_BOS), default="auto",
+        "--add-bos", choices=tuple(jobs.ADD_BOS),
         help="auto: as the tokenizer adds it (current lm-evaluation-harness); no: as harness "
         "versions before October 2025 did",
     )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int)
     parser.add_argument(
         "--out", metavar="CSV", help="write the table here (one row per variant and file)"
     )
-    parser.set_defaults(job=jobs.evaluate_job)
+    _use_job(parser, jobs.evaluate_job)
 
 
 def _add_figures(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
@@ -376,8 +356,7 @@ def _add_figures(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> Non
         "Chrome/Chromium browser for PNG export.",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="where the PNGs go")
-    parser.add_argument("--size", choices=jobs.ORGANISM_SIZES, default="demo", help="organism size")
-    parser.add_argument("--seed", type=int, default=0, help="organism seed")
+    _add_organism_options(parser, jobs)
     parser.add_argument(
         "--work", metavar="DIR",
         help="cache for the demo run and sweep tables (default: beside the organism cache)",
@@ -386,7 +365,7 @@ def _add_figures(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> Non
     parser.add_argument(
         "--html", action="store_true", help="also write interactive HTML files into --work"
     )
-    parser.set_defaults(job=jobs.figures_job)
+    _use_job(parser, jobs.figures_job)
 
 
 def _add_fetch(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
@@ -406,7 +385,7 @@ def _add_fetch(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
         "--list", dest="list_assets", action="store_true",
         help="list the known assets and whether they are cached",
     )  # fmt: skip
-    parser.set_defaults(job=jobs.fetch_job)
+    _use_job(parser, jobs.fetch_job)
 
 
 # Subcommands register themselves here, in the order they appear in --help.
@@ -420,11 +399,6 @@ COMMANDS: list[Callable[[argparse._SubParsersAction, types.ModuleType], None]] =
     _add_figures,
     _add_fetch,
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------
 
 
 def _add_global_options(parser: argparse.ArgumentParser) -> None:

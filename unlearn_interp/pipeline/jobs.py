@@ -6,7 +6,7 @@ the choices the command line offers, taken from the library so they are stated o
 
     >>> text = unlearn_job("runs/rmu", model="gpt2", forget=["bio.jsonl"], retain=["wiki.txt"],
     ...                    rmu_settings={"layer": 7, "steps": 150})      # doctest: +SKIP
-    >>> text = evaluate_job("gpt2", ["wmdp_bio.jsonl"], run="runs/rmu", ablate="runs/rmu")  # doctest: +SKIP
+    >>> text = evaluate_job("gpt2", ["bio.jsonl"], run="runs/rmu", ablate="runs/rmu")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -312,12 +312,11 @@ def _run_rmu_config(
     settings: Mapping[str, Any], path: str | None, forget: Sequence[str], retain: Sequence[str]
 ) -> RMUConfig:
     """The config ``run`` trains RMU with; it needs corpora to train on."""
-    config = rmu_config(settings, path)
     if not forget or not retain:
         raise UnlearnInterpError(
             "training RMU needs --forget and --retain corpora (or give --unlearned)"
         )
-    return config
+    return rmu_config(settings, path)
 
 
 def _check_checkpoint_settings(settings: Mapping[str, Any]) -> None:
