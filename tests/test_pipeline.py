@@ -1,4 +1,5 @@
-"""pipeline.py and the demo/run commands: the whole story end to end, resumable run directories."""
+"""pipeline (demo, steps, run directory) and the demo/run commands: the whole story end to end,
+resumable run directories."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 from conftest import save_hf_checkpoint
 
-from unlearn_interp import cli, pipeline, rmu
+from unlearn_interp import cli, models, pipeline, rmu
+from unlearn_interp.pipeline import demo
 from unlearn_interp.errors import UnlearnInterpError
 
 RUN_FILES = [
@@ -92,18 +94,18 @@ def test_second_demo_run_reuses_every_finished_step(demo_run, organism_test, mon
 
 def test_interrupted_demo_resumes_from_finished_steps(organism_test, tmp_path, monkeypatch):
     cache = organism_test.cache_path.parent
-    real = pipeline.step_layer_profile
+    real = demo.step_layer_profile
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "step_layer_profile", interrupted)
+    monkeypatch.setattr(demo, "step_layer_profile", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_demo(tmp_path, size="test", cache_dir=cache, progress=False)
     assert (tmp_path / "tables/accuracy.csv").is_file()
     assert not (tmp_path / "tables/layer_profile.csv").exists()
     assert not list(tmp_path.rglob("*.tmp"))  # no half-written artifact
-    monkeypatch.setattr(pipeline, "step_layer_profile", real)
+    monkeypatch.setattr(demo, "step_layer_profile", real)
     monkeypatch.setattr(rmu, "train_rmu", lambda *a, **k: pytest.fail("RMU retrained on resume"))
     pipeline.run_demo(tmp_path, size="test", cache_dir=cache, progress=False)
     assert (tmp_path / "metrics.json").is_file()
@@ -161,7 +163,7 @@ def test_run_command_on_real_checkpoints_writes_the_run(real_checkpoint_files, t
     assert set(metrics["accuracy"]["rmu"]) == {"wmdp_bio", "mmlu"}
     assert metrics["junk_direction"]["layer"] == 1
     assert "gap recovered" in capsys.readouterr().out
-    weights = pipeline.models.load_weights(tmp_path / "run/unlearned_weights.safetensors")
+    weights = models.load_weights(tmp_path / "run/unlearned_weights.safetensors")
     assert list(weights) == ["blocks.1.mlp.W_out"]
 
 

@@ -1,5 +1,5 @@
-"""study.py: the multi-seed study (junk direction and subspace, controls, ablated base, intervals)
-end to end on the test-size model organism, whose RMU really drops hazardous accuracy."""
+"""pipeline.study: the multi-seed study (junk direction and subspace, controls, ablated base,
+intervals) end to end on the test-size model organism, whose RMU really drops hazardous accuracy."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ class RunVariants:
         self.run = run
         self._plain: dict[str, Variant] | None = None
         self._removed: dict[str, Tensor] = {}
-        self._controls: tuple[Tensor | None] | None = None
+        self._controls: dict[str, Tensor | None] = {}  # empty until read
 
     def plain(self) -> dict[str, Variant]:
         """``base`` (the saved base weights; none for an unlearned checkpoint) and ``rmu``."""
@@ -87,9 +87,9 @@ class RunVariants:
 
     def control_vectors(self) -> Float[Tensor, "n_topics d_model"] | None:
         """The run's RMU control vectors, or None when it has none (an unlearned checkpoint)."""
-        if self._controls is None:
-            self._controls = (control_vectors(self.run),)
-        return self._controls[0]
+        if not self._controls:
+            self._controls["control_vectors"] = control_vectors(self.run)
+        return self._controls["control_vectors"]
 
 
 def control_vectors(run: RunDir) -> torch.Tensor | None:
