@@ -11,8 +11,8 @@ import torch
 from conftest import save_hf_checkpoint
 
 from unlearn_interp import cli, models, pipeline, rmu
-from unlearn_interp.pipeline import demo
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.pipeline import demo
 
 RUN_FILES = [
     "config.json", "metrics.json", "report.md", "control_vectors.safetensors",
