@@ -617,15 +617,15 @@ def test_pipeline_step_leaves_no_hook_no_swapped_weight_and_no_output_after_an_e
     compute, output = STEPS[step]
     (run_root / output).unlink(missing_ok=True)
     exp = _experiment(tokenizer)
-    real_variants = pipeline.unlearned_variants
+    real_variants = pipeline.RunVariants.variants
 
-    def with_raising_hook(run, model):  # every variant the step builds raises inside forward
+    def with_raising_hook(self, names=None):  # every variant a step builds raises inside forward
         return {
             name: v.with_hooks([("blocks.0.hook_resid_pre", raising(kind))], name=name)
-            for name, v in real_variants(run, model).items()
+            for name, v in real_variants(self, names).items()
         }
 
-    monkeypatch.setattr(pipeline, "unlearned_variants", with_raising_hook)
+    monkeypatch.setattr(pipeline.RunVariants, "variants", with_raising_hook)
     real_mse, calls = rmu.masked_mse, []
 
     def mse_fails_late(*args, **kwargs):
