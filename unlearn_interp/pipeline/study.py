@@ -30,6 +30,7 @@ import pandas as pd
 import unlearn_interp.pipeline.steps as steps
 from unlearn_interp import models, real_data, rmu, sources, stats
 from unlearn_interp.artifacts import RunFiles
+from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.models import Model
 from unlearn_interp.pipeline.figures import BAR_VARIANTS, GAP_LABELS, STUDY_FIGURES, study_figures
@@ -336,7 +337,7 @@ def _checked_seeds(seeds: Sequence[int]) -> list[int]:
     values = list(seeds)
     if not values or len(set(values)) != len(values):
         raise UnlearnInterpError(f"seeds must be distinct and at least one, got {values}")
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values):
+    if any(not is_int(s) or s < 0 for s in values):
         raise UnlearnInterpError(f"seeds must be non-negative integers, got {values}")
     return values
 
