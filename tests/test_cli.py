@@ -19,9 +19,10 @@ import torch
 from unlearn_interp import cli, directions, evaluation, models, organism, rmu, sources
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.pipeline import jobs
+from unlearn_interp.pipeline.rundir import with_dtype
 
 PREFIX = "unlearn-interp: error:"
-MODEL_COMMANDS = ("run", "unlearn", "direction", "evaluate")
+MODEL_COMMANDS = ("run", "unlearn", "direction", "evaluate", "demo", "figures")
 NOT_OPTIONS = ("progress", "rmu_settings")  # -q, and the RMU options collected
 
 
@@ -200,6 +201,36 @@ def test_dtype_and_device_reach_the_model_loader(argv, files, load_model_calls, 
     assert load_model_calls == [{"device": "cpu", "dtype": torch.bfloat16}]
     assert run_cli(argv, capsys)[0] == 2
     assert load_model_calls[-1]["dtype"] == torch.float32  # the default, as before
+
+
+@pytest.mark.parametrize(
+    ("argv", "job"),
+    [
+        (["demo", "--out", "out"], "run_demo"),
+        (["demo", "--model", "smollm2-135m", "--out", "out"], "run_model_demo"),
+        (["figures", "--out", "figs"], "make_figures"),
+    ],
+    ids=["demo", "model-demo", "figures"],
+)
+def test_demo_and_figures_pass_dtype_and_device_on(argv, job, files, monkeypatch, capsys):
+    calls = []
+
+    def fake(out, **kwargs):
+        calls.append(kwargs)
+        raise Stop(f"would run {job}")
+
+    monkeypatch.setattr(jobs, job, fake)
+    code, err = run_cli([*argv, "--dtype", "bfloat16", "--device", "cpu"], capsys)
+    assert code == 2 and err == [f"{PREFIX} would run {job}"]
+    assert calls[0]["dtype"] == torch.bfloat16 and calls[0]["device"] == "cpu"
+    run_cli(argv, capsys)
+    assert calls[1]["dtype"] == torch.float32 and calls[1]["device"] is None
+
+
+def test_a_dtype_other_than_float32_is_part_of_a_runs_settings():
+    settings = {"job": "demo", "seed": 0}
+    assert with_dtype(settings, None) == settings == with_dtype(settings, torch.float32)
+    assert with_dtype(settings, torch.bfloat16) == {**settings, "dtype": "bfloat16"}
 
 
 @pytest.fixture

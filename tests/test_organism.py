@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-from unlearn_interp import data, evaluation, organism
+from unlearn_interp import data, evaluation, models, organism
 from unlearn_interp.artifacts import read_json, write_json
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.organism import cache as organism_cache
@@ -302,3 +302,11 @@ def test_second_load_hits_the_cache_with_identical_weights(organism_test, monkey
     assert again.hazardous_mcq == organism_test.hazardous_mcq
     assert again.forget_corpus == organism_test.forget_corpus
     assert again.training == organism_test.training
+
+
+def test_load_organism_places_the_cached_model_where_asked(organism_test):
+    cache = organism_test.cache_path.parent
+    placed = organism.load_organism("test", cache_dir=cache, progress=False, dtype=torch.float64)
+    assert models.model_dtype(placed.model) == torch.float64
+    assert placed.model.embed.W_E.dtype == torch.float64
+    assert torch.equal(placed.model.embed.W_E.float(), organism_test.model.embed.W_E)

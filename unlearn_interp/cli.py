@@ -58,12 +58,15 @@ def _add_model_options(parser, jobs: types.ModuleType, flag="--model", help=MODE
     """The model to load and how: ``--model`` (or ``flag``), ``--dtype``, ``--device``."""
     group = parser.add_argument_group("model")
     group.add_argument(flag, required=True, help=help)
+    _add_placement_options(group, jobs)
+
+
+def _add_placement_options(group: argparse._ActionsContainer, jobs: types.ModuleType) -> None:
+    """Where and in what precision the model runs: ``--dtype``, ``--device``."""
     group.add_argument("--dtype", choices=tuple(jobs.DTYPES), help="weights' dtype")
-    _add_device_option(group)
-
-
-def _add_device_option(group: argparse._ActionsContainer) -> None:
-    group.add_argument("--device", help="torch device (default: cuda when available)")
+    group.add_argument(
+        "--device", help="torch device (default: cuda when available; the organism: the CPU)"
+    )
 
 
 def _add_out_option(parser: argparse.ArgumentParser, **kwargs) -> None:
@@ -197,7 +200,7 @@ def _add_demo(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
     parser.add_argument(
         "--seeds", type=int, nargs="+", metavar="S", help="RMU seeds of the real-model study"
     )
-    _add_device_option(parser)
+    _add_placement_options(parser.add_argument_group("model"), jobs)
     _add_force_option(parser)
     _use_job(parser, jobs.demo_job)
 
@@ -357,6 +360,7 @@ def _add_figures(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> Non
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="where the PNGs go")
     _add_organism_options(parser, jobs)
+    _add_placement_options(parser.add_argument_group("model"), jobs)
     parser.add_argument(
         "--work", metavar="DIR",
         help="cache for the demo run and sweep tables (default: beside the organism cache)",

@@ -99,6 +99,22 @@ def positional_embedding_type(model: HookedTransformer) -> str:
     return str(model.cfg.positional_embedding_type)
 
 
+def place(
+    model: HookedTransformer,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> HookedTransformer:
+    """Move ``model`` to ``device`` and cast it to ``dtype``, in place (None: leave as is).
+
+    >>> place(org.model, device="cuda", dtype=torch.bfloat16)            # doctest: +SKIP
+    """
+    if device is not None:
+        model.to(device, print_details=False)  # TransformerLens would print to stdout
+    if dtype is not None:
+        model.to(dtype, print_details=False)
+    return model
+
+
 def model_name(model: HookedTransformer) -> str:
     """A human-readable name for the model (its TransformerLens name or checkpoint directory)."""
     return str(model.cfg.model_name)

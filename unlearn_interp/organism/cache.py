@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedTokenizerFast
 
 from unlearn_interp import data, models
@@ -124,12 +125,16 @@ def load_organism(
     progress: bool = True,
     *,
     config: OrganismConfig | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Organism:
     """The trained organism of ``size`` ("demo" or "test"): from the cache, else pretrained now
     and cached.
 
     ``cache_dir`` defaults to :func:`artifacts.cache_root`; ``force`` retrains even when cached;
     ``config`` replaces the size preset entirely (``size`` and ``seed`` are then ignored).
+    The organism trains and is cached in float32 on the CPU; ``device`` and ``dtype`` say where
+    and in what precision the returned model runs (default: as cached).
     Raises :class:`UnlearnInterpError` if pretraining misses the MCQ accuracy target.
 
     >>> org = load_organism("test")                     # doctest: +SKIP
@@ -147,6 +152,7 @@ def load_organism(
     else:
         model, training = _train(world, texts, cfg, progress)
         _save_cached(path, model, world, cfg, training, replace=force)
+    models.place(model, device, dtype)
     return _assemble(model, world, cfg, texts, training, path)
 
 

@@ -37,7 +37,7 @@ from unlearn_interp.pipeline.figures import FIGURE_NAMES, demo_figures
 from unlearn_interp.pipeline.metrics import demo_metrics
 from unlearn_interp.pipeline.report import write_demo_report
 from unlearn_interp.pipeline.run_variants import RunVariants
-from unlearn_interp.pipeline.rundir import FIGURES, RunDir
+from unlearn_interp.pipeline.rundir import FIGURES, RunDir, with_dtype
 from unlearn_interp.pipeline.steps import step_unlearn
 from unlearn_interp.variants import Variant
 
@@ -214,8 +214,14 @@ def run_demo(
     force: bool = False,
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """The whole story on the model organism; returns ``metrics.json``'s content.
+
+    The organism is pretrained and cached in float32 on the CPU; ``device`` and ``dtype`` say
+    where and in what precision the demo runs it (a dtype other than float32 is recorded in the
+    run's settings, so a run is never resumed in another precision).
 
     >>> metrics = run_demo("runs/demo", size="test")                        # doctest: +SKIP
     """
@@ -224,9 +230,12 @@ def run_demo(
     cfg = organism_rmu_config(org_config, seed)
     settings = {"job": "demo", "size": size, "seed": seed, "rmu": cfg.to_dict(),
                 "organism": org_config.to_dict()}  # fmt: skip
+    settings = with_dtype(settings, dtype)
     run.check_settings(settings)  # before any training: a mismatch fails at once
     start = time.perf_counter()
-    org = organism.load_organism(size, seed, cache_dir=cache_dir, progress=progress)
+    org = organism.load_organism(
+        size, seed, cache_dir=cache_dir, progress=progress, device=device, dtype=dtype
+    )
     if "organism" not in run.seconds():
         run.record_seconds("organism", time.perf_counter() - start)
     exp = organism_experiment(org, seed, settings)

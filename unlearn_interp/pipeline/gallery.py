@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
+import torch
 
 from unlearn_interp import analysis, models, organism, plotting, rmu
 from unlearn_interp.artifacts import RunFiles, cache_root
@@ -101,13 +102,16 @@ def make_figures(
     force: bool = False,
     html: bool = False,
     progress: bool = True,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> list[Path]:
     """Regenerate every figure of :data:`FIGURES` as ``out_dir/<name>.png``; returns the paths.
 
     The demo run goes to ``work_dir/run`` and the sweep tables to ``work_dir/sweeps``
     (default :func:`default_work_dir`); both are reused on a rerun unless ``force``. Static
     export is required: without kaleido and Chrome/Chromium this fails with one sentence
-    saying how to get them.
+    saying how to get them. ``device`` and ``dtype`` say where the organism runs (it is
+    cached in float32 on the CPU; the committed figures are float32).
 
     >>> make_figures("figures", size="test")                                 # doctest: +SKIP
     [PosixPath('figures/layer_cosines_rmu.png'), ...]
@@ -120,8 +124,9 @@ def make_figures(
     if size not in GALLERY:
         raise UnlearnInterpError(f"size must be one of {sorted(GALLERY)}, got {size!r}")
     work = Path(work_dir) if work_dir is not None else default_work_dir(size, seed)
-    figures = demo_set(work / "run", size, seed, force=force, progress=progress)
-    figures |= adaptive_set(work / "sweeps", size, seed, force=force, progress=progress)
+    placed = {"device": device, "dtype": dtype}
+    figures = demo_set(work / "run", size, seed, force=force, progress=progress, **placed)
+    figures |= adaptive_set(work / "sweeps", size, seed, force=force, progress=progress, **placed)
     return save_all(figures, Path(out_dir), html_dir=work / "html" if html else None)
 
 
@@ -145,10 +150,11 @@ def save_all(
 
 
 def demo_set(
-    run_dir: Path, size: str, seed: int, *, force: bool = False, progress: bool = True
+    run_dir: Path, size: str, seed: int, *, force: bool = False, progress: bool = True, **placed
 ) -> dict[str, go.Figure]:
-    """The blog's figures from :func:`run_demo`'s run directory (run if missing)."""
-    metrics = run_demo(run_dir, size=size, seed=seed, force=force, progress=progress)
+    """The blog's figures from :func:`run_demo`'s run directory (run if missing); ``placed``:
+    the organism's ``device`` and ``dtype``."""
+    metrics = run_demo(run_dir, size=size, seed=seed, force=force, progress=progress, **placed)
     layer = metrics["junk_direction"]["layer"]
     figures = dict(demo_figures(run_dir, layer))
     figures |= _ablated_profiles(pd.read_csv(run_dir / RunFiles.LAYER_PROFILE), layer)
@@ -189,10 +195,10 @@ def _ablated_profiles(profile: pd.DataFrame, layer: int) -> dict[str, go.Figure]
 
 
 def adaptive_set(
-    sweep_dir: Path, size: str, seed: int, *, force: bool = False, progress: bool = True
+    sweep_dir: Path, size: str, seed: int, *, force: bool = False, progress: bool = True, **placed
 ) -> dict[str, go.Figure]:
     """Coefficient sweep, layer sweep and noise sensitivity on the organism, then their plots."""
-    tables = adaptive_tables(sweep_dir, size, seed, force=force, progress=progress)
+    tables = adaptive_tables(sweep_dir, size, seed, force=force, progress=progress, **placed)
     layer = tables["rmu_layer"]
     coef = tables["coef"]
     swept = {name: t[t["variant"] == "rmu"] for name, t in coef.items()}
@@ -213,11 +219,12 @@ def adaptive_set(
 
 
 def adaptive_tables(
-    sweep_dir: Path, size: str, seed: int, *, force: bool = False, progress: bool = True
+    sweep_dir: Path, size: str, seed: int, *, force: bool = False, progress: bool = True, **placed
 ) -> dict[str, Any]:
-    """Run (or resume) the three sweeps; tables are cached in ``sweep_dir``."""
+    """Run (or resume) the three sweeps; tables are cached in ``sweep_dir``. ``placed``: the
+    organism's ``device`` and ``dtype``."""
     settings = GALLERY[size]
-    org = organism.load_organism(size, seed, progress=progress)
+    org = organism.load_organism(size, seed, progress=progress, **placed)
     if force:
         for stale in sweep_dir.glob("*.sweep.json"):
             stale.unlink()

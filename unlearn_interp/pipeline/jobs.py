@@ -202,11 +202,14 @@ def figures_job(
     force: bool = False,
     html: bool = False,
     progress: bool = True,
+    device: str | None = None,
+    dtype: str = "float32",
 ) -> str:
     """Every committed figure as a PNG in ``out``; returns their paths, one a line."""
     paths = make_figures(
-        out, size=size, seed=seed, work_dir=work, force=force, html=html, progress=progress
-    )
+        out, size=size, seed=seed, work_dir=work, force=force, html=html, progress=progress,
+        device=device, dtype=DTYPES[dtype],
+    )  # fmt: skip
     return "".join(f"{p}\n" for p in paths)
 
 
@@ -218,17 +221,19 @@ def demo_job(
     seed: int = 0,
     seeds: Sequence[int] = (0, 1, 2),
     device: str | None = None,
+    dtype: str = "float32",
     force: bool = False,
     progress: bool = True,
 ) -> str:
     """The organism demo (``model`` = :data:`ORGANISM`) or the real-model study; returns the
     summary table."""
+    placed = {"device": device, "dtype": DTYPES[dtype]}
     if model != ORGANISM:
         metrics = run_model_demo(
-            out, model=model, seeds=seeds, device=device, force=force, progress=progress
+            out, model=model, seeds=seeds, force=force, progress=progress, **placed
         )
         return summary_text(metrics, out)
-    metrics = run_demo(out, size=size, seed=seed, force=force, progress=progress)
+    metrics = run_demo(out, size=size, seed=seed, force=force, progress=progress, **placed)
     return demo_summary(metrics, out)
 
 

@@ -107,3 +107,10 @@ class RunDir:
 def _jsonable(settings: Mapping[str, Any]) -> dict[str, Any]:
     """``settings`` as JSON would read it back (tuples become lists), so comparisons are fair."""
     return json.loads(json.dumps(dict(settings), default=artifacts.jsonable))
+
+
+def with_dtype(settings: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
+    """``settings`` plus ``"dtype"`` when ``dtype`` is set and not float32 (the default, left
+    out so runs made before the option existed still resume), e.g. ``"bfloat16"``."""
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+    return dict(settings) if name == "float32" else {**settings, "dtype": name}

