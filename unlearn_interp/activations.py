@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
 
 from unlearn_interp import data, models
+from unlearn_interp.checks import check_int, is_int
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.models import Model
 from unlearn_interp.variants import Variant, applied, hooks_installed
@@ -52,9 +53,7 @@ KVCache = TransformerLensKeyValueCache
 
 def check_batch_size(batch_size: Any) -> int:
     """Return ``batch_size`` if it is a positive integer, else raise saying so."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UnlearnInterpError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return batch_size
+    return check_int(batch_size, "batch_size", minimum=1)
 
 
 def iter_batches(
@@ -97,9 +96,7 @@ def encode_within_context(
 
 def check_positions(positions: Positions) -> Positions:
     """Return ``positions`` if it is ``"last"``, ``"all"`` or an int, else raise naming the field."""
-    if positions in ("last", "all") or (
-        isinstance(positions, int) and not isinstance(positions, bool)
-    ):
+    if positions in ("last", "all") or is_int(positions):
         return positions
     raise UnlearnInterpError(
         f"positions {positions!r} is not 'last', 'all' or a token index (an integer)"

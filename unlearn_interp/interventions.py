@@ -33,7 +33,7 @@ from transformer_lens.hook_points import HookPoint
 
 from unlearn_interp import models
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.variants import Hook, HookFn, get_param
+from unlearn_interp.variants import Hook, HookFn, get_param, restore_weights
 from unlearn_interp.variants import Variant as Variant  # public API: interventions.Variant
 from unlearn_interp.variants import run_variants as run_variants
 
@@ -210,6 +210,4 @@ def orthogonalize_weights(model: HookedTransformer, vector: Float[Tensor, "*k d_
 
     >>> orthogonalize_weights(model, direction.vector)              # doctest: +SKIP
     """
-    with torch.no_grad():
-        for name, value in orthogonalized_weights(model, vector).items():
-            get_param(model, name).copy_(value)
+    restore_weights(model, orthogonalized_weights(model, vector))

@@ -36,6 +36,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from unlearn_interp import hf_convert, sources
 from unlearn_interp.artifacts import atomic_path
+from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.hf_convert import MAX_CTX as MAX_CTX
 from unlearn_interp.hf_convert import SUPPORTED_ARCHITECTURES as SUPPORTED_ARCHITECTURES
@@ -127,7 +128,7 @@ def check_layer(model: HookedTransformer, layer: int, field: str = "layer") -> i
     UnlearnInterpError: layer 40 is out of range: the model has 32 blocks (valid 0..31)
     """
     total = n_layers(model)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < total:
+    if not is_int(layer) or not 0 <= layer < total:
         raise UnlearnInterpError(
             f"{field} {layer!r} is out of range: the model has {total} blocks (valid 0..{total - 1})"
         )

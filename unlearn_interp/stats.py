@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def _check_items(chunk: pd.DataFrame, items: list, variant: Any, task: str, seed
 
 
 def _check_boot(n_boot: int, confidence: float) -> None:
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+    if not is_int(n_boot) or n_boot < 1:
         raise UnlearnInterpError(f"n_boot {n_boot!r} must be a positive integer")
     if not 0 < confidence < 1:
         raise UnlearnInterpError(f"confidence {confidence!r} must be between 0 and 1")

@@ -242,7 +242,9 @@ def run_demo(
     step_unlearn(run, exp.model, cfg, [org.forget_corpus], [org.retain_corpus], progress)
     title = f"RMU is mostly shallow: the model organism ({size})"
     metrics = run_analysis(run, exp, title, DEMO_TARGETS)
-    log.info("demo finished in %.1f s; see %s", time.perf_counter() - start, run.path("report.md"))
+    log.info(
+        "demo finished in %.1f s; see %s", time.perf_counter() - start, run.path(RunFiles.REPORT)
+    )
     return metrics
 
 
