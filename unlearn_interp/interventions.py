@@ -39,6 +39,8 @@ from unlearn_interp.variants import run_variants as run_variants
 
 # Where the blog ablates: every block's input, every attention output and every MLP output.
 ABLATION_POINTS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+# What a block writes into the residual stream: its attention output and its MLP output.
+WRITE_POINTS = ("hook_attn_out", "hook_mlp_out")
 # A basis is orthonormal when B B^T is the identity to this tolerance (float32 rows: ~1e-7).
 ORTHONORMAL_ATOL = 1e-4
 
@@ -171,6 +173,25 @@ def ablation_hooks(
         return blocks is None or int(parts[1]) in blocks
 
     return ((where, hook),)
+
+
+def downstream_ablation_hooks(vector: Float[Tensor, "*k d_model"], layer: int) -> tuple[Hook, ...]:
+    """Project ``vector`` (a direction, or an orthonormal basis ``[k, d_model]``) out of the
+    residual stream after block ``layer`` and out of every attention and MLP output of the
+    blocks after it, at every position: from layer ``layer``'s output on, the stream has no
+    component along it (what per-layer ablation places at each layer).
+
+    >>> hooks = downstream_ablation_hooks(cands.direction(5).vector, layer=5)   # doctest: +SKIP
+    """
+    hook = project_out_hook(vector)
+
+    def later_write(name: str) -> bool:
+        parts = name.split(".")
+        if len(parts) != 3 or parts[0] != "blocks" or parts[2] not in WRITE_POINTS:
+            return False
+        return int(parts[1]) > layer
+
+    return ((models.resid_hook(layer), hook), (later_write, hook))
 
 
 def orthogonalized_weights(

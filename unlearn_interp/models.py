@@ -149,6 +149,29 @@ def residual_writers(model: HookedTransformer) -> list[str]:
     return [name for name in names if name in params]
 
 
+# The input axes of each block's linear matrices (TransformerLens computes ``x @ W``): W_Q/W_K/W_V
+# are [head, d_model, d_head], W_O is [head, d_head, d_model], W_in/W_gate/W_out are [in, out].
+_LINEAR_INPUT_AXES = {"W_Q": (1,), "W_K": (1,), "W_V": (1,), "_W_K": (1,), "_W_V": (1,),
+                      "W_O": (0, 1), "W_in": (0,), "W_gate": (0,), "W_out": (0,)}  # fmt: skip
+
+
+def linear_weight_inputs(model: HookedTransformer) -> dict[str, tuple[int, ...]]:
+    """Every block's linear matrix (attention W_Q/W_K/W_V/W_O, MLP W_in/W_gate/W_out; grouped
+    K/V heads included) -> the axes of its input dimension, in the order a flattened input
+    (``nn.Linear``'s ``in_features``) runs. Embeddings, unembedding, norms and biases are not listed.
+
+    >>> linear_weight_inputs(model)["blocks.0.attn.W_O"]                     # doctest: +SKIP
+    (0, 1)
+    """
+    found = {}
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        in_block = len(parts) == 4 and parts[0] == "blocks" and parts[2] in ("attn", "mlp")
+        if in_block and parts[3] in _LINEAR_INPUT_AXES:
+            found[name] = _LINEAR_INPUT_AXES[parts[3]]
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # Building and loading
 # ---------------------------------------------------------------------------------------------
