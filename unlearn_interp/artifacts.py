@@ -165,6 +165,7 @@ class RunFiles:
     LAYER_PROFILE = "tables/layer_profile.csv"
     GENERATIONS = "tables/generations.csv"
     DIRECTION_CANDIDATES = "tables/direction_candidates.csv"
+    LEDGER = "tables/ledger.csv"
 
     @staticmethod
     def table(name: str) -> str:

@@ -392,17 +392,21 @@ def _add_fetch(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
     _use_job(parser, jobs.fetch_job)
 
 
+def _add_ledger(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
+    parser = sub.add_parser(
+        "ledger", help="every recovery attack on an organism demo run's unlearned model",
+        description="Ablation, quantisation and fine-tuning attacks on --run's unlearned model and "
+        "its controls -> tables/ledger.csv, figures/ledger.html, a report.md section (resumable).",
+    )  # fmt: skip
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="organism demo run")
+    _add_force_option(parser, "every part of the ledger")
+    _use_job(parser, jobs.ledger_job)
+
+
 # Subcommands register themselves here, in the order they appear in --help.
 COMMANDS: list[Callable[[argparse._SubParsersAction, types.ModuleType], None]] = [
-    _add_info,
-    _add_demo,
-    _add_run,
-    _add_unlearn,
-    _add_direction,
-    _add_evaluate,
-    _add_figures,
-    _add_fetch,
-]
+    _add_info, _add_demo, _add_run, _add_unlearn, _add_direction, _add_evaluate, _add_figures,
+    _add_fetch, _add_ledger]  # fmt: skip
 
 
 def _add_global_options(parser: argparse.ArgumentParser) -> None:

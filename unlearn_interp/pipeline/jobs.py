@@ -33,6 +33,7 @@ from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.interventions import ablation_hooks
 from unlearn_interp.pipeline.demo import run_demo, run_experiment
 from unlearn_interp.pipeline.gallery import make_figures
+from unlearn_interp.pipeline.ledger import ledger_summary, run_ledger
 from unlearn_interp.pipeline.report import summary_text
 from unlearn_interp.pipeline.study import run_model_demo
 from unlearn_interp.pipeline.study_config import SMOLLM2
@@ -68,6 +69,7 @@ __all__ = [
     "fetch_job",
     "figures_job",
     "info_job",
+    "ledger_job",
     "quiet_progress_bars",
     "run_job",
     "unlearn_job",
@@ -235,6 +237,11 @@ def demo_job(
         return summary_text(metrics, out)
     metrics = run_demo(out, size=size, seed=seed, force=force, progress=progress, **placed)
     return demo_summary(metrics, out)
+
+
+def ledger_job(run: str, *, force: bool = False, progress: bool = True) -> str:
+    """The recovery ledger of organism demo run ``run``; returns its headline rows."""
+    return ledger_summary(run_ledger(run, force=force, progress=progress), run)
 
 
 # ---------------------------------------------------------------------------------------------

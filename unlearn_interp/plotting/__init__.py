@@ -19,7 +19,8 @@ otherwise it logs one sentence saying how to enable it and returns the files it 
 The modules, one job each: ``style`` (sizes, colours, labels, axes, column checks), ``layers``
 (layer profiles), ``accuracy`` (accuracy bars, gap recovered), ``training`` (RMU training
 curves), ``distributions`` (histograms), ``sweeps`` (coefficient, layer and noise sweeps),
-``tables`` (generations side by side) and ``export`` (HTML/PNG files, browser discovery).
+``tables`` (generations side by side), ``ledger`` (the recovery ledger) and ``export``
+(HTML/PNG files, browser discovery).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from unlearn_interp.plotting.export import (
     static_export_problem,
 )
 from unlearn_interp.plotting.layers import plot_layer_cosines, plot_layer_norms
+from unlearn_interp.plotting.ledger import headline_task, last_steps, plot_ledger
 from unlearn_interp.plotting.style import (
     FIG_HEIGHT,
     FIG_WIDTH,
@@ -85,6 +87,8 @@ __all__ = [
     "gap_recovered_table",
     "generations_markdown",
     "generations_table",
+    "headline_task",
+    "last_steps",
     "plot_accuracy_bars",
     "plot_accuracy_vs_coef",
     "plot_cos_histograms",
@@ -93,6 +97,7 @@ __all__ = [
     "plot_layer_cosines",
     "plot_layer_norms",
     "plot_layer_sweep",
+    "plot_ledger",
     "plot_maxlogit_histograms",
     "plot_noise_sensitivity",
     "plot_training_curves",

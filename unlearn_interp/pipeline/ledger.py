@@ -1,0 +1,286 @@
+"""The recovery ledger: is the knowledge gone or hidden? Every attack on an organism run's
+unlearned model, every control, one table.
+
+Each attack is applied to the unlearned model and to its controls (the same attack on the base
+model, the ceiling; a random direction or subspace of matched dimension and norm for an
+ablation; the oracle twin, which never saw the held-out facts, for fine-tuning). Every model is
+scored question by question, so accuracy and gap recovered get paired bootstrap intervals over
+items (:mod:`unlearn_interp.stats`). Gap recovered is measured on one scale for every row,
+``(acc - acc_unlearned) / (acc_base - acc_unlearned)`` with the plain models' accuracies: 0 is
+where unlearning left the model, 1 is the base model before unlearning.
+
+The work is split into resumable steps of the run directory, each writing its per-item rows
+(``tables/ledger_<part>_per_item.csv``); the ``ledger`` step turns them into
+``tables/ledger.csv`` and ``figures/ledger.html``, so an interrupted ledger resumes at the
+first unfinished part.
+
+    >>> table = run_ledger("runs/demo")                                    # doctest: +SKIP
+    >>> table.query("task == 'hazardous' and model == 'unlearned'")        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import unlearn_interp.pipeline.steps as steps
+from unlearn_interp import artifacts, organism, plotting, stats
+from unlearn_interp.artifacts import RunFiles
+from unlearn_interp.attacks.finetune import FinetuneConfig
+from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.pipeline.ledger_parts import FORGET_TASKS, PARTS, LedgerContext
+from unlearn_interp.pipeline.report import markdown_table
+from unlearn_interp.pipeline.run_variants import RunVariants
+from unlearn_interp.pipeline.rundir import FIGURES, RunDir
+
+log = logging.getLogger(__name__)
+
+KEY = ("attack", "setting", "model", "step")  # one evaluated model; with ``task``, one row
+COLUMNS = (*KEY, "role", "task", "accuracy", "n", "accuracy_ci_low", "accuracy_ci_high",
+           "gap_recovered", "ci_low", "ci_high")  # fmt: skip
+REFERENCE = {"base": ("none", "plain", "base", 0), "unlearned": ("none", "plain", "unlearned", 0)}
+FIGURE = f"{FIGURES}/ledger.html"
+# The grid, reported whole: full weights at two learning rates, and only the MLP output
+# matrices (the tensors RMU edits) at the larger one.
+DEFAULT_FINETUNE = (
+    FinetuneConfig(steps=50, lr=1e-4, params="all"),
+    FinetuneConfig(steps=50, lr=1e-3, params="all"),
+    FinetuneConfig(steps=50, lr=1e-3, params="mlp_out"),
+)
+SECTION = "## Recovery ledger"
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerSettings:
+    """What the ledger runs besides the run's own files: ``seed`` splits the facts into T and
+    V, draws the random controls and seeds the bootstrap (``n_boot`` replicates, 95%
+    percentile intervals); ``bits`` are the quantisation widths; ``finetune`` the fine-tuning
+    runs (each on every model, for relearning and for benign fine-tuning; the whole grid is
+    reported); ``batch_size`` is the scoring batch."""
+
+    n_boot: int = 1000
+    seed: int = 0
+    batch_size: int = 32
+    bits: tuple[int, ...] = (8, 4)
+    finetune: tuple[FinetuneConfig, ...] = DEFAULT_FINETUNE
+
+    def to_dict(self) -> dict[str, Any]:
+        """As config.json records it (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def run_ledger(
+    run_dir: str | os.PathLike,
+    *,
+    settings: LedgerSettings | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Every attack on the unlearned model of organism demo run ``run_dir`` and on its
+    controls: writes ``tables/ledger.csv`` (columns :data:`COLUMNS`), ``figures/ledger.html``
+    (and PNG where static export works) and a report.md section; returns the table.
+
+    The organism comes from its cache (``cache_dir``, default the toolkit's), the unlearned
+    and base weights and the junk direction from the run. Finished parts are not recomputed
+    (``force=True`` recomputes them); the model's weights are as they were afterwards.
+
+    >>> table = run_ledger("runs/demo", cache_dir="~/.cache/unlearn_interp")  # doctest: +SKIP
+    """
+    settings = settings or LedgerSettings()
+    run = RunDir(run_dir)  # not force: the demo's own steps must keep their records
+    demo = demo_settings(run)
+    _check_ledger_settings(run, settings, force)
+    org = organism.load_organism(demo["size"], demo["seed"], cache_dir=cache_dir,
+                                 progress=progress, dtype=_dtype(demo))  # fmt: skip
+    context = LedgerContext(run, org, RunVariants(run), settings.seed, settings.batch_size,
+                            settings.bits, settings.finetune, cache_dir, progress)  # fmt: skip
+    for name, compute in PARTS.items():
+        _part_step(run, name, lambda compute=compute: compute(context), force)
+    outputs = [RunFiles.LEDGER, FIGURE]
+    build = lambda: _write_ledger(run, FORGET_TASKS, settings)  # noqa: E731
+    _forced_step(run, "ledger", outputs, build, force)
+    table = pd.read_csv(run.path(RunFiles.LEDGER))
+    write_report_section(run, table)
+    return table
+
+
+def demo_settings(run: RunDir) -> dict[str, Any]:
+    """The organism demo settings of ``run`` (size, seed, dtype), or one sentence saying why
+    ``run`` is not an organism demo run the ledger can use."""
+    if not run.path(RunFiles.CONFIG).is_file():
+        raise UnlearnInterpError(
+            f"{run.root} is not a run directory (no {RunFiles.CONFIG}); make one with "
+            f"`unlearn-interp demo --out {run.root}`"
+        )
+    pipeline = run.config().get("pipeline")
+    if not isinstance(pipeline, Mapping) or pipeline.get("job") != "demo" or "size" not in pipeline:
+        raise UnlearnInterpError(
+            f"{run.root} is not an organism demo run ({RunFiles.CONFIG} has no demo settings); "
+            "the ledger needs the organism"
+        )
+    needed = [RunFiles.UNLEARNED_WEIGHTS, RunFiles.BASE_WEIGHTS, RunFiles.DIRECTION,
+              RunFiles.RANDOM_DIRECTION]  # fmt: skip
+    missing = [name for name in needed if not run.path(name).is_file()]
+    if missing:
+        raise UnlearnInterpError(
+            f"{run.root} lacks {', '.join(missing)}: finish the demo first "
+            f"(`unlearn-interp demo --out {run.root}` resumes it)"
+        )
+    return dict(pipeline)
+
+
+def _dtype(demo: Mapping[str, Any]) -> torch.dtype:
+    """The torch dtype the demo ran in (float32 unless its settings name another)."""
+    return getattr(torch, str(demo.get("dtype", "float32")))
+
+
+def _check_ledger_settings(run: RunDir, settings: LedgerSettings, force: bool) -> None:
+    """Refuse to resume a ledger made with other settings; record these."""
+    previous = run.config().get("ledger")
+    if previous is not None and previous != settings.to_dict() and not force:
+        raise UnlearnInterpError(
+            f"{run.root} holds a ledger made with other settings ({previous}); use --force"
+        )
+    run.record_config("ledger", settings.to_dict())
+
+
+def part_file(name: str) -> str:
+    """The per-item rows of one ledger part: ``tables/ledger_<part>_per_item.csv``."""
+    return RunFiles.table(f"ledger_{name}_per_item")
+
+
+def _part_step(run: RunDir, name: str, compute: Callable[[], pd.DataFrame], force: bool) -> None:
+    """One part as a resumable step: its per-item rows written atomically."""
+
+    def write() -> None:
+        run.write_table(f"ledger_{name}_per_item", compute())
+
+    _forced_step(run, f"ledger_{name}", [part_file(name)], write, force)
+
+
+def _forced_step(
+    run: RunDir, name: str, outputs: Sequence[str], compute: Callable[[], None], force: bool
+) -> None:
+    """``run.step``, recomputing when ``force`` (the run itself is not opened with force)."""
+    if force:
+        for output in outputs:
+            run.path(output).unlink(missing_ok=True)
+    run.step(name, outputs, compute)
+
+
+def read_parts(run: RunDir) -> pd.DataFrame:
+    """Every part's per-item rows, in part order."""
+    frames = [pd.read_csv(run.path(part_file(name))) for name in PARTS]
+    return pd.concat([f for f in frames if not f.empty], ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# From per-item rows to the ledger
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_ledger(run: RunDir, forget_tasks: Sequence[str], settings: LedgerSettings) -> None:
+    table = ledger_table(read_parts(run), forget_tasks, settings.n_boot, settings.seed)
+    with artifacts.atomic_path(run.path(RunFiles.LEDGER)) as tmp:
+        table.to_csv(tmp, index=False)
+    steps.save_figures(run, {"ledger": plotting.plot_ledger(table)})
+
+
+def ledger_table(
+    per_item: pd.DataFrame, forget_tasks: Sequence[str], n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """One row per evaluated model and task: accuracy with its interval and, on the forget
+    tasks, gap recovered with its paired interval (``stats``); columns :data:`COLUMNS`.
+
+    ``per_item`` columns: :data:`KEY`, ``task``, ``item``, ``correct``; it must hold the plain
+    models :data:`REFERENCE`, whose accuracies define the gap.
+    """
+    keys = per_item[list(KEY)].drop_duplicates().reset_index(drop=True)
+    names = {tuple(row): f"m{i}" for i, row in enumerate(keys.itertuples(index=False))}
+    keys["variant"] = list(names.values())
+    tidy = per_item.merge(keys, on=list(KEY))[["variant", "task", "item", "correct"]]
+    tidy = tidy.assign(seed=np.nan)
+    accuracy = stats.accuracy_intervals(tidy, n_boot=n_boot, seed=seed)
+    gaps = stats.gap_recovered_intervals(
+        tidy, base=names[REFERENCE["base"]], unlearned=names[REFERENCE["unlearned"]],
+        variants=list(names.values()), forget_tasks=list(forget_tasks), n_boot=n_boot, seed=seed,
+    )  # fmt: skip
+    return _assemble(keys, accuracy, gaps[gaps["task"] != stats.MEAN_TASK])
+
+
+def _assemble(keys: pd.DataFrame, accuracy: pd.DataFrame, gaps: pd.DataFrame) -> pd.DataFrame:
+    """The ledger's rows from the two interval tables, in the order the models were scored."""
+    accuracy = accuracy.rename(columns={"ci_low": "accuracy_ci_low", "ci_high": "accuracy_ci_high",
+                                        "n_items": "n"})  # fmt: skip
+    gaps = gaps[["variant", "task", "gap_recovered", "ci_low", "ci_high"]]
+    table = keys.merge(accuracy, on="variant").merge(gaps, on=["variant", "task"], how="left")
+    table["role"] = [role(*row) for row in table[["attack", "setting", "model"]].itertuples(False)]
+    return table[list(COLUMNS)].reset_index(drop=True)
+
+
+def role(attack: str, setting: str, model: str) -> str:
+    """``reference`` (the plain models), ``control`` (the attack on a control model, or a random
+    direction in place of the junk) or ``attack`` (the attack on the unlearned model)."""
+    if attack == "none":
+        return "reference"
+    return "attack" if model == "unlearned" and not setting.startswith("random") else "control"
+
+
+# ---------------------------------------------------------------------------------------------
+# The report section
+# ---------------------------------------------------------------------------------------------
+
+
+def ledger_markdown(table: pd.DataFrame) -> str:
+    """The ledger's report.md section: each attack's last step on the forget tasks."""
+    final = table.groupby(["attack", "setting", "model"], sort=False)["step"].transform("max")
+    shown = table[(table["step"] == final) & table["gap_recovered"].notna()]
+    columns = ["attack", "setting", "model", "step", "task", "accuracy", "gap_recovered",
+               "ci_low", "ci_high"]  # fmt: skip
+    lines = [
+        SECTION,
+        "",
+        "Each attack on the unlearned model and on its controls (base model; random "
+        "directions of matched dimension and norm; the oracle twin that never saw the "
+        "held-out facts). Gap recovered = (acc - acc_unlearned) / (acc_base - acc_unlearned) "
+        "with a 95% paired bootstrap interval over items; fine-tuning attacks at their last "
+        f"step. Every row, retain tasks and every step included: [{RunFiles.LEDGER}]"
+        f"({RunFiles.LEDGER}); figure: [ledger]({FIGURE}).",
+        "",
+        markdown_table(shown[columns]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report_section(run: RunDir, table: pd.DataFrame) -> None:
+    """Put the ledger section at the end of report.md (replacing an older one); without a
+    report.md it is the whole file."""
+    path = run.path(RunFiles.REPORT)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    kept = text.split(f"\n{SECTION}\n")[0].rstrip("\n")
+    section = ledger_markdown(table)
+    artifacts.write_text(path, f"{kept}\n\n{section}" if kept else section)
+
+
+def ledger_summary(table: pd.DataFrame, run_dir: str | os.PathLike) -> str:
+    """What ``unlearn-interp ledger`` prints: gap recovered on the headline forget task of
+    every attack at its last step, per model, with its interval."""
+    task = plotting.headline_task(table)
+    rows = plotting.last_steps(table[(table["task"] == task) & (table["attack"] != "none")])
+    lines = [f"gap recovered on {task} (95% interval), every attack at its last step:"]
+    for row in rows.itertuples(index=False):
+        lines.append(
+            f"{row.attack:<16}{row.setting:<28}{row.model:<10} step {row.step:<4} "
+            f"{row.gap_recovered:6.2f} [{row.ci_low:5.2f}, {row.ci_high:5.2f}]"
+        )
+    lines.append(f"table: {run_dir}/{RunFiles.LEDGER}; figure: {run_dir}/{FIGURE}")
+    return "\n".join(lines) + "\n"

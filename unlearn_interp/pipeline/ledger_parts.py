@@ -1,0 +1,257 @@
+"""The recovery ledger's parts: each attack family applied to the unlearned model and to its
+controls, scored question by question.
+
+A part is a function of a :class:`LedgerContext` returning per-item rows (columns ``attack,
+setting, model, step, task, item, correct``); :data:`PARTS` lists them in the order the ledger
+runs them (``pipeline.ledger`` makes each a resumable step and turns the rows into the table).
+Every attack goes through :class:`~unlearn_interp.variants.Variant` (weights swapped in and
+hooks installed for one ``with`` block), so no attack outlives its own scoring.
+
+    >>> rows = ablation_part(context)                                     # doctest: +SKIP
+    >>> rows.groupby(["setting", "model", "task"])["correct"].mean()       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import pandas as pd
+
+import unlearn_interp.pipeline.steps as steps
+from unlearn_interp import attacks, directions, organism
+from unlearn_interp.artifacts import RunFiles
+from unlearn_interp.attacks.finetune import FinetuneConfig, finetune_curve
+from unlearn_interp.interventions import ablation_hooks
+from unlearn_interp.models import Model
+from unlearn_interp.organism.oracle import (
+    FactSplit,
+    load_oracle,
+    split_facts,
+    split_items,
+    t_documents,
+)
+from unlearn_interp.pipeline.run_variants import RunVariants
+from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.variants import Hook, Variant
+
+ITEM_COLUMNS = ("attack", "setting", "model", "step", "task", "item", "correct")
+# ledger model name -> the run's variant it starts from
+STARTS = {"unlearned": "rmu", "base": "base"}
+
+
+@dataclasses.dataclass
+class LedgerContext:
+    """What every part needs: the run, its organism and variants, how to score."""
+
+    run: RunDir
+    org: organism.Organism
+    variants: RunVariants
+    seed: int = 0
+    batch_size: int = 32
+    bits: Sequence[int] = (8, 4)
+    finetune: Sequence[FinetuneConfig] = (FinetuneConfig(),)
+    cache_dir: str | os.PathLike | None = None
+    progress: bool = True
+
+    @property
+    def model(self) -> Model:
+        return self.org.model
+
+    def starts(self) -> dict[str, Variant]:
+        """The plain unlearned and base variants, by ledger model name."""
+        return {model: self.variants.variant(name) for model, name in STARTS.items()}
+
+    def candidates(self) -> directions.Candidates:
+        """Difference-in-means candidates at every layer on the hazardous prompts (one pass
+        of base and unlearned), computed once per ledger."""
+        if not hasattr(self, "_candidates"):
+            starts = self.starts()
+            self._candidates = directions.candidate_directions(
+                self.model, starts["base"], starts["unlearned"], self.org.hazardous_prompts,
+                control_vectors=self.variants.control_vectors(), batch_size=self.batch_size,
+            )  # fmt: skip
+        return self._candidates
+
+    def split(self) -> FactSplit:
+        """The hazardous facts split by entity into T (trained on) and V (held out)."""
+        return split_facts(self.org.world, seed=self.seed)
+
+    def oracle(self) -> organism.Organism:
+        """The oracle twin, pretrained without V's facts (cached beside the organism)."""
+        if not hasattr(self, "_oracle"):
+            self._oracle = load_oracle(self.org, self.split(), self.cache_dir, self.progress)
+        return self._oracle
+
+
+FORGET_TASKS = ("forget_T", "forget_V")
+
+
+def ledger_tasks(context: LedgerContext) -> dict[str, steps.Task]:
+    """The tasks every model is scored on: the hazardous questions about T entities
+    (``forget_T``) and about V entities (``forget_V``, never trained on by any attack), and
+    the benign questions (``retain``)."""
+    org = context.org
+    parts = split_items(org, context.split())
+    sets = {"forget_T": parts["T"], "forget_V": parts["V"], "retain": org.benign_mcq}
+    return {name: steps.Task(items, org.mcq_mode, org.qa_template) for name, items in sets.items()}
+
+
+def score(
+    context: LedgerContext,
+    keyed: Mapping[tuple[str, str, str, int], Variant],
+    model: Model | None = None,
+) -> pd.DataFrame:
+    """Per-item rows of each ``(attack, setting, model, step) -> variant`` on every ledger
+    task, through the one scoring loop."""
+    tasks = ledger_tasks(context)
+    named = {f"{i}": v for i, v in enumerate(keyed.values())}
+    renamed = [dataclasses.replace(v, name=name) for name, v in named.items()]
+    _, items = steps.accuracy_tables(model or context.model, renamed, tasks, context.batch_size,
+                                     progress=False)  # fmt: skip
+    return per_item_rows(items, dict(zip(named, keyed, strict=True)))
+
+
+def per_item_rows(items: pd.DataFrame, keys: Mapping[str, tuple]) -> pd.DataFrame:
+    """``accuracy_tables``' per-item rows with their variant names replaced by ledger keys."""
+    key = pd.DataFrame([keys[v] for v in items["variant"]], columns=list(ITEM_COLUMNS[:4]))
+    rows = pd.concat([key, items[["task", "item"]].reset_index(drop=True)], axis=1)
+    rows["correct"] = items["correct"].astype(int).to_numpy()
+    return rows[list(ITEM_COLUMNS)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The parts
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_part(context: LedgerContext) -> pd.DataFrame:
+    """The plain unlearned and base models: the two ends of the gap."""
+    return score(context, {("none", "plain", m, 0): v for m, v in context.starts().items()})
+
+
+def ablation_part(context: LedgerContext) -> pd.DataFrame:
+    """Each ablation (:func:`ablation_settings`) on the unlearned and the base model."""
+    keyed = {
+        ("ablation", setting, model, 0): start.with_hooks(hooks)
+        for setting, hooks in ablation_settings(context).items()
+        for model, start in context.starts().items()
+    }
+    return score(context, keyed)
+
+
+def ablation_settings(context: LedgerContext) -> dict[str, Sequence[Hook]]:
+    """The ablations, each followed by its matched random control: the run's junk direction
+    and its norm-matched random direction (projected out at every block input, attention
+    output and MLP output); the span of the junk directions at the outputs of the blocks RMU
+    updated and a random subspace of the same dimension; every layer's own candidate removed
+    from that layer on (:func:`attacks.per_layer_ablation`) and random directions in the
+    same places."""
+    removed = context.variants.removed
+    subspace = junk_subspace(context)
+    random = directions.random_subspace_control(subspace, seed=context.seed)
+    candidates, seed = context.candidates(), context.seed
+    return {
+        "junk_direction": ablation_hooks(removed("ablated")),
+        "random_direction": ablation_hooks(removed("random_ablated")),
+        f"junk_subspace_k{subspace.k}": ablation_hooks(subspace.basis),
+        f"random_subspace_k{subspace.k}": ablation_hooks(random.basis),
+        "per_layer": attacks.per_layer_ablation(candidates),
+        "random_per_layer": attacks.random_per_layer_ablation(candidates, seed=seed),
+    }
+
+
+def junk_subspace(context: LedgerContext) -> directions.Subspace:
+    """The run's subspace when its directions step extracted one, else the span of the
+    candidates at the RMU run's update layers."""
+    run = context.run
+    if run.path(RunFiles.SUBSPACE).is_file():
+        return directions.Subspace.load(run.path(RunFiles.SUBSPACE))
+    layers = directions.subspace_layers(run.config()["rmu"])
+    return context.candidates().subspace(layers)
+
+
+def quantize_part(context: LedgerContext) -> pd.DataFrame:
+    """Round-to-nearest group quantisation (:func:`attacks.quantized_variant`) at each of
+    ``context.bits`` of the unlearned and the base model."""
+    keyed = {
+        ("quantize", f"rtn_{bits}bit_g{attacks.DEFAULT_GROUP_SIZE}", model, 0):
+            attacks.quantized_variant(context.model, start, bits)
+        for bits in context.bits
+        for model, start in context.starts().items()
+    }  # fmt: skip
+    return score(context, keyed)
+
+
+def finetune_part(context: LedgerContext) -> pd.DataFrame:
+    """Relearning on T (RTT: trained on the documents about T entities, scored on V too) and
+    benign fine-tuning (the same schedule on retain text), each with every config of
+    ``context.finetune``, on the unlearned, base and oracle models."""
+    texts = {"relearn": t_documents(context.org, context.split()),
+             "benign_finetune": context.org.retain_corpus}  # fmt: skip
+    frames = [
+        curve_rows(context, (attack, finetune_setting(cfg), name), model, start, texts[attack], cfg)
+        for attack in texts
+        for cfg in context.finetune
+        for name, (model, start) in finetuned_models(context).items()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def finetune_setting(cfg: FinetuneConfig) -> str:
+    """``"lr=0.0001,params=all,steps=100"``: what tells one fine-tuning run from another."""
+    return f"lr={cfg.lr:g},params={cfg.params},steps={cfg.steps}"
+
+
+def finetuned_models(context: LedgerContext) -> dict[str, tuple[Model, Variant]]:
+    """Ledger model name -> (network, variant to fine-tune): the unlearned and base variants
+    of the organism, and the oracle twin as it is."""
+    mine = {name: (context.model, start) for name, start in context.starts().items()}
+    return {**mine, "oracle": (context.oracle().model, Variant("oracle"))}
+
+
+def curve_rows(
+    context: LedgerContext,
+    key: tuple[str, str, str],
+    model: Model,
+    start: Variant,
+    texts: Sequence[str],
+    cfg: FinetuneConfig,
+) -> pd.DataFrame:
+    """Per-item rows at every evaluation of one fine-tuning run (:func:`finetune_curve`,
+    which puts the weights back afterwards)."""
+    scored: list[pd.DataFrame] = []
+    tasks = ledger_tasks(context)
+
+    def evaluate(network: Model) -> dict[str, float]:
+        table, items = steps.accuracy_tables(network, [Variant("model")], tasks,
+                                             context.batch_size, progress=False)  # fmt: skip
+        scored.append(items)
+        return dict(zip(table["task"], table["accuracy"], strict=True))
+
+    curve = finetune_curve(model, start, texts, cfg, evaluate)
+    frames = [
+        per_item_rows(items, {"model": (*key, int(step))})
+        for step, items in zip(curve["step"], scored, strict=True)
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+# Part name -> what it computes, in the order the ledger runs them.
+PARTS: dict[str, Callable[[LedgerContext], pd.DataFrame]] = {
+    "reference": reference_part,
+    "ablation": ablation_part,
+    "quantize": quantize_part,
+    "finetune": finetune_part,
+}
+
+__all__ = [
+    "FORGET_TASKS",
+    "ITEM_COLUMNS",
+    "PARTS",
+    "LedgerContext",
+    "ablation_settings",
+    "ledger_tasks",
+    "score",
+]
