@@ -25,6 +25,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,7 @@ def run_ledger(
     *,
     settings: LedgerSettings | None = None,
     cache_dir: str | os.PathLike | None = None,
+    org: organism.Organism | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -89,19 +91,25 @@ def run_ledger(
     controls: writes ``tables/ledger.csv`` (columns :data:`COLUMNS`), ``figures/ledger.html``
     (and PNG where static export works) and a report.md section; returns the table.
 
-    The organism comes from its cache (``cache_dir``, default the toolkit's), the unlearned
-    and base weights and the junk direction from the run. Finished parts are not recomputed
-    (``force=True`` recomputes them); the model's weights are as they were afterwards.
+    The organism is ``org`` when given (it must be the run's size and seed), else read from
+    its cache (``cache_dir``, default the toolkit's); the unlearned and base weights and the
+    junk direction come from the run. Finished parts are not recomputed (``force=True``
+    recomputes them); the model's weights are as they were afterwards. A demo run rewrites
+    report.md without the ledger section; running the ledger again (nothing is recomputed)
+    puts it back.
 
     >>> table = run_ledger("runs/demo", cache_dir="~/.cache/unlearn_interp")  # doctest: +SKIP
     """
     settings = settings or LedgerSettings()
-    run = RunDir(run_dir)  # not force: the demo's own steps must keep their records
+    run = open_run(run_dir)
     demo = demo_settings(run)
+    variants = RunVariants(run)
+    variants.plain()  # unreadable weights: one sentence before the organism is loaded
     _check_ledger_settings(run, settings, force)
-    org = organism.load_organism(demo["size"], demo["seed"], cache_dir=cache_dir,
-                                 progress=progress, dtype=_dtype(demo))  # fmt: skip
-    context = LedgerContext(run, org, RunVariants(run), settings.seed, settings.batch_size,
+    org = org or organism.load_organism(demo["size"], demo["seed"], cache_dir=cache_dir,
+                                        progress=progress, dtype=_dtype(demo))  # fmt: skip
+    _check_organism(org, demo)
+    context = LedgerContext(run, org, variants, settings.seed, settings.batch_size,
                             settings.bits, settings.finetune, cache_dir, progress)  # fmt: skip
     for name, compute in PARTS.items():
         _part_step(run, name, lambda compute=compute: compute(context), force)
@@ -111,6 +119,23 @@ def run_ledger(
     table = pd.read_csv(run.path(RunFiles.LEDGER))
     write_report_section(run, table)
     return table
+
+
+def open_run(run_dir: str | os.PathLike) -> RunDir:
+    """The run directory ``run_dir``, which must exist (the ledger never starts a run)."""
+    if not Path(run_dir).is_dir():
+        raise UnlearnInterpError(
+            f"{run_dir} is not a run directory; make one with `unlearn-interp demo --out {run_dir}`"
+        )
+    return RunDir(run_dir)  # not force: the demo's own steps keep their records
+
+
+def _check_organism(org: organism.Organism, demo: Mapping[str, Any]) -> None:
+    if (org.config.size, org.config.seed) != (demo["size"], demo["seed"]):
+        raise UnlearnInterpError(
+            f"the organism given is size {org.config.size!r} seed {org.config.seed}, but the "
+            f"run was made with size {demo['size']!r} seed {demo['seed']}"
+        )
 
 
 def demo_settings(run: RunDir) -> dict[str, Any]:
@@ -279,7 +304,7 @@ def ledger_summary(table: pd.DataFrame, run_dir: str | os.PathLike) -> str:
     lines = [f"gap recovered on {task} (95% interval), every attack at its last step:"]
     for row in rows.itertuples(index=False):
         lines.append(
-            f"{row.attack:<16}{row.setting:<28}{row.model:<10} step {row.step:<4} "
+            f"{row.attack:<16}{row.setting:<34} {row.model:<10} step {row.step:<4} "
             f"{row.gap_recovered:6.2f} [{row.ci_low:5.2f}, {row.ci_high:5.2f}]"
         )
     lines.append(f"table: {run_dir}/{RunFiles.LEDGER}; figure: {run_dir}/{FIGURE}")

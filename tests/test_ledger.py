@@ -1,0 +1,271 @@
+"""The recovery ledger (pipeline.ledger, plotting.plot_ledger, ``unlearn-interp ledger``) on a
+test-size organism demo run: every attack with an interval and a control, no attack leaking
+into the next, resumable, bad runs refused in one sentence."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from unlearn_interp import cli, organism, pipeline, plotting
+from unlearn_interp.attacks.finetune import FinetuneConfig
+from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.pipeline import jobs, ledger, ledger_parts, steps
+from unlearn_interp.pipeline.run_variants import RunVariants
+from unlearn_interp.pipeline.rundir import RunDir
+
+# Small enough for a test: one short fine-tuning run per model and attack, a light bootstrap.
+SETTINGS = ledger.LedgerSettings(
+    n_boot=200, finetune=(FinetuneConfig(steps=4, lr=1e-3, eval_every=2),)
+)
+ATTACKS = {"none", "ablation", "quantize", "relearn", "benign_finetune"}
+
+
+def plain_unlearned_items(org: organism.Organism, run) -> pd.DataFrame:
+    """Every question's answer of the run's plain unlearned model (no attack)."""
+    variant = RunVariants(RunDir(run)).variant("rmu")
+    tasks = {name: steps.Task(items, org.mcq_mode, org.qa_template)
+             for name, items in org.mcq.items()}  # fmt: skip
+    return steps.accuracy_tables(org.model, [variant], tasks, progress=False)[1]
+
+
+@pytest.fixture(scope="module")
+def ledger_run(organism_test, tmp_path_factory):
+    """A demo run, its ledger, and the plain unlearned model's answers before and after it,
+    with the organism's weights before and after."""
+    cache = organism_test.cache_path.parent
+    out = tmp_path_factory.mktemp("ledger_run")
+    pipeline.run_demo(out, size="test", cache_dir=cache, progress=False)
+    org = organism.load_organism("test", cache_dir=cache, progress=False)  # our own copy
+    weights = {n: p.detach().clone() for n, p in org.model.named_parameters()}
+    before = plain_unlearned_items(org, out)
+    table = ledger.run_ledger(out, settings=SETTINGS, cache_dir=cache, org=org, progress=False)
+    after = plain_unlearned_items(org, out)
+    return {"out": out, "org": org, "table": table, "weights": weights, "before": before,
+            "after": after, "cache": cache}  # fmt: skip
+
+
+def test_ledger_has_every_attack_and_column(ledger_run):
+    table = ledger_run["table"]
+    assert list(table.columns) == list(ledger.COLUMNS)
+    assert set(table["attack"]) == ATTACKS
+    assert set(table["task"]) == {"forget_T", "forget_V", "retain"}
+    assert set(table["model"]) == {"unlearned", "base", "oracle"}
+    settings = set(table.loc[table["attack"] == "ablation", "setting"])
+    assert {"junk_direction", "random_direction", "per_layer", "random_per_layer"} <= settings
+    assert set(table.loc[table["attack"] == "quantize", "setting"]) == {
+        "rtn_8bit_g64", "rtn_4bit_g64"
+    }  # fmt: skip
+    assert sorted(set(table.loc[table["attack"] == "relearn", "step"])) == [0, 2, 4]
+
+
+def test_every_row_has_an_interval_and_every_forget_row_a_gap_interval(ledger_run):
+    table = ledger_run["table"]
+    assert table[["accuracy", "accuracy_ci_low", "accuracy_ci_high"]].notna().all().all()
+    assert (table["accuracy_ci_low"] <= table["accuracy"] + 1e-12).all()
+    assert (table["accuracy"] <= table["accuracy_ci_high"] + 1e-12).all()
+    forget = table[table["task"] != "retain"]
+    assert forget[["gap_recovered", "ci_low", "ci_high"]].notna().all().all()
+    assert table.loc[table["task"] == "retain", "gap_recovered"].isna().all()
+
+
+def test_every_attack_row_has_its_controls(ledger_run):
+    table = ledger_run["table"]
+    index = table.set_index(["attack", "setting", "model", "step", "task"]).index
+    attacked = table[table["role"] == "attack"]
+    assert not attacked.empty
+    for row in attacked.itertuples():
+        assert (row.attack, row.setting, "base", row.step, row.task) in index
+        if row.attack in ("relearn", "benign_finetune"):
+            assert (row.attack, row.setting, "oracle", row.step, row.task) in index
+        if row.attack == "ablation":
+            assert (row.attack, f"random_{row.setting.removeprefix('junk_')}", "unlearned",
+                    row.step, row.task) in index  # fmt: skip
+
+
+def test_reference_rows_are_the_two_ends_of_the_gap(ledger_run):
+    table = ledger_run["table"].set_index(["attack", "model", "task"])
+    for task in ("forget_T", "forget_V"):
+        unlearned = table.loc[("none", "unlearned", task)]
+        base = table.loc[("none", "base", task)]
+        assert (unlearned["gap_recovered"], unlearned["ci_low"], unlearned["ci_high"]) == (0, 0, 0)
+        assert (base["gap_recovered"], base["ci_low"], base["ci_high"]) == (1, 1, 1)
+        assert base["accuracy"] >= unlearned["accuracy"] + 0.3
+
+
+def test_step_zero_of_fine_tuning_is_the_plain_model(ledger_run):
+    table = ledger_run["table"]
+    plain = table[table["attack"] == "none"].set_index(["model", "task"])["accuracy"]
+    start = table[(table["attack"] == "relearn") & (table["step"] == 0)]
+    for row in start[start["model"] != "oracle"].itertuples():
+        assert row.accuracy == plain[(row.model, row.task)]
+
+
+def test_no_attack_leaks_into_the_unlearned_model(ledger_run):
+    pd.testing.assert_frame_equal(ledger_run["before"], ledger_run["after"])
+    for name, param in ledger_run["org"].model.named_parameters():
+        assert torch.equal(param, ledger_run["weights"][name]), name
+
+
+def test_junk_ablation_beats_its_random_control(ledger_run):
+    table = ledger_run["table"]
+    v = table[(table["task"] == "forget_V") & (table["model"] == "unlearned")]
+    gap = v.set_index("setting")["gap_recovered"]
+    assert gap["junk_direction"] > gap["random_direction"] + 0.2
+
+
+def test_8bit_quantisation_changes_base_accuracy_by_at_most_2_points(ledger_run):
+    table = ledger_run["table"]
+    base = table[table["model"] == "base"].set_index(["attack", "setting", "task"])["accuracy"]
+    for task in ("forget_T", "forget_V", "retain"):
+        assert abs(base[("quantize", "rtn_8bit_g64", task)] - base[("none", "plain", task)]) <= 0.02
+
+
+def test_relearning_on_t_keeps_the_base_models_v_accuracy(ledger_run):
+    table = ledger_run["table"]
+    base = table[(table["model"] == "base") & (table["task"] == "forget_V")]
+    plain = base.loc[base["attack"] == "none", "accuracy"].item()
+    assert (base.loc[base["attack"] == "relearn", "accuracy"] >= plain - 0.05).all()
+
+
+def test_ledger_writes_its_table_figure_and_report_section(ledger_run):
+    out = ledger_run["out"]
+    assert (out / "tables/ledger.csv").is_file() and (out / "figures/ledger.html").is_file()
+    report = (out / "report.md").read_text()
+    assert report.count(ledger.SECTION) == 1 and report.startswith("# RMU is mostly shallow")
+    assert json.loads((out / "config.json").read_text())["ledger"]["n_boot"] == 200
+
+
+def test_rerun_resumes_without_recomputing(ledger_run, monkeypatch):
+    def must_not_score(*args, **kwargs):
+        raise AssertionError("the ledger scored a model again")
+
+    monkeypatch.setattr(steps, "accuracy_tables", must_not_score)
+    again = ledger.run_ledger(ledger_run["out"], settings=SETTINGS, org=ledger_run["org"],
+                              progress=False)  # fmt: skip
+    pd.testing.assert_frame_equal(again, ledger_run["table"])
+    assert (ledger_run["out"] / "report.md").read_text().count(ledger.SECTION) == 1
+
+
+def test_interrupted_ledger_resumes_at_the_first_unfinished_part(ledger_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(ledger_run["out"], run)
+    for path in run.glob("tables/ledger*.csv"):
+        path.unlink()
+    finished = dict(ledger_parts.PARTS)
+
+    def interrupted(context):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(ledger_parts.PARTS, "finetune", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ledger.run_ledger(run, settings=SETTINGS, org=ledger_run["org"], progress=False)
+    assert (run / "tables/ledger_quantize_per_item.csv").is_file()
+    assert not (run / "tables/ledger_finetune_per_item.csv").exists()
+    assert not list(run.rglob("*.tmp"))
+    for name in ("reference", "ablation", "quantize"):
+        monkeypatch.setitem(ledger_parts.PARTS, name, lambda c: pytest.fail("recomputed"))
+    monkeypatch.setitem(ledger_parts.PARTS, "finetune", finished["finetune"])
+    table = ledger.run_ledger(run, settings=SETTINGS, org=ledger_run["org"], progress=False)
+    pd.testing.assert_frame_equal(table, ledger_run["table"])
+
+
+def test_resuming_with_other_settings_is_refused(ledger_run):
+    other = ledger.LedgerSettings(n_boot=100, finetune=SETTINGS.finetune)
+    with pytest.raises(UnlearnInterpError, match="other settings"):
+        ledger.run_ledger(ledger_run["out"], settings=other, org=ledger_run["org"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("unlearn-interp: error: ")
+    return err[0]
+
+
+def test_cli_ledger_on_a_missing_run_exits_2_with_one_sentence(tmp_path, capsys):
+    assert cli.main(["ledger", "--run", str(tmp_path / "nowhere")]) == 2
+    assert "not a run directory" in one_error_line(capsys)
+    assert not (tmp_path / "nowhere").exists()  # the ledger never starts a run
+
+
+@pytest.mark.parametrize(
+    "config, says",
+    [("{not json", "not valid JSON"), ('{"pipeline": {"job": "run"}}', "not an organism demo")],
+)
+def test_cli_ledger_on_a_corrupt_run_exits_2_with_one_sentence(tmp_path, capsys, config, says):
+    (tmp_path / "config.json").write_text(config)
+    assert cli.main(["ledger", "--run", str(tmp_path)]) == 2
+    assert says in one_error_line(capsys)
+
+
+def test_cli_ledger_on_an_unfinished_demo_exits_2(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(
+        '{"pipeline": {"job": "demo", "size": "test", "seed": 0}}'
+    )
+    assert cli.main(["ledger", "--run", str(tmp_path)]) == 2
+    assert "finish the demo first" in one_error_line(capsys)
+
+
+def test_cli_ledger_on_corrupt_weights_exits_2_before_loading_the_organism(
+    tmp_path, capsys, monkeypatch
+):
+    (tmp_path / "config.json").write_text(
+        '{"pipeline": {"job": "demo", "size": "test", "seed": 0}}'
+    )
+    for name in ("unlearned_weights", "base_weights", "direction", "random_direction"):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"not a safetensors file")
+    monkeypatch.setattr(organism, "load_organism", lambda *a, **k: pytest.fail("organism loaded"))
+    assert cli.main(["ledger", "--run", str(tmp_path)]) == 2
+    assert "not a readable safetensors file" in one_error_line(capsys)
+
+
+def test_cli_ledger_prints_the_headline_rows(ledger_run, monkeypatch, capsys):
+    monkeypatch.setattr(jobs, "run_ledger", lambda run, **kwargs: ledger_run["table"])
+    assert cli.main(["-q", "ledger", "--run", str(ledger_run["out"])]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("gap recovered on forget_V") and "relearn" in printed
+
+
+# ---------------------------------------------------------------------------------------------
+# The table and the figure from per-item rows (no model)
+# ---------------------------------------------------------------------------------------------
+
+
+def synthetic_items() -> pd.DataFrame:
+    """Four questions per task: base answers all, unlearned one, the attack three."""
+    correct = {"base": [1, 1, 1, 1], "unlearned": [1, 0, 0, 0], "attacked": [1, 1, 1, 0]}
+    rows = []
+    for model, answers in correct.items():
+        attack, setting = ("none", "plain") if model != "attacked" else ("ablation", "junk")
+        name = model if model != "attacked" else "unlearned"
+        for task in ("forget_V", "retain"):
+            rows += [(attack, setting, name, 0, task, i, c) for i, c in enumerate(answers)]
+    return pd.DataFrame(rows, columns=list(ledger_parts.ITEM_COLUMNS))
+
+
+def test_ledger_table_measures_gap_recovered_on_one_scale():
+    table = ledger.ledger_table(synthetic_items(), ["forget_V"], n_boot=100)
+    attacked = table[(table["attack"] == "ablation") & (table["task"] == "forget_V")].iloc[0]
+    assert math.isclose(attacked["gap_recovered"], 2 / 3)
+    assert attacked["ci_low"] <= 2 / 3 <= attacked["ci_high"]
+    assert attacked["role"] == "attack"
+    assert np.isnan(table.loc[table["task"] == "retain", "gap_recovered"]).all()
+
+
+def test_plot_ledger_draws_bars_and_refuses_a_table_without_intervals():
+    table = ledger.ledger_table(synthetic_items(), ["forget_V"], n_boot=50)
+    fig = plotting.plot_ledger(table)
+    assert fig.data and "forget_V" in fig.layout.title.text
+    with pytest.raises(UnlearnInterpError, match="ci_low"):
+        plotting.plot_ledger(table.drop(columns="ci_low"))
