@@ -14,7 +14,10 @@ as a HuggingFace ``PreTrainedTokenizerFast``, the toolkit's model class, WMDP-fo
 * ``pretraining``: :class:`OrganismConfig` and its size presets, and :func:`pretrain`, which
   trains until the model answers both domains' questions (continuation scoring) at >= 95%;
 * ``cache``: :func:`load_organism` returns the trained :class:`Organism`, from an on-disk cache
-  keyed by a hash of the world and the config, or pretrained now and cached.
+  keyed by a hash of the world and the config, or pretrained now and cached;
+* ``oracle``: the T/V split of the hazardous facts by entity (:func:`split_facts`) and the
+  **oracle twin** (:func:`load_oracle`), the organism pretrained without any V fact: the control
+  for what a relearning attack teaches by itself.
 
     >>> org = load_organism("test")                                   # doctest: +SKIP
     >>> evaluation.mcq_accuracy(org.model, org.hazardous_mcq, mode="continuation").accuracy  # doctest: +SKIP
@@ -34,6 +37,16 @@ from unlearn_interp.organism.cache import (
     cache_key,
     default_cache_dir,
     load_organism,
+)
+from unlearn_interp.organism.oracle import (
+    SPLIT_FILE,
+    FactSplit,
+    load_oracle,
+    oracle_key,
+    oracle_texts,
+    split_facts,
+    split_items,
+    t_documents,
 )
 from unlearn_interp.organism.pretraining import (
     SIZES,
@@ -73,11 +86,13 @@ __all__ = [
     "MODEL_FILE",
     "QA_TEMPLATE",
     "SIZES",
+    "SPLIT_FILE",
     "TOKENIZER_DIR",
     "TRAINING_FILE",
     "WORLD_FILE",
     "Attribute",
     "Fact",
+    "FactSplit",
     "Kind",
     "Organism",
     "OrganismConfig",
@@ -90,13 +105,19 @@ __all__ = [
     "initial_model",
     "learning_rate",
     "lm_loss",
+    "load_oracle",
     "load_organism",
     "make_world",
     "mcq_items",
     "neutral_documents",
+    "oracle_key",
+    "oracle_texts",
     "pretrain",
     "pretraining_texts",
     "qa_text",
     "question",
+    "split_facts",
+    "split_items",
     "state_fact",
+    "t_documents",
 ]

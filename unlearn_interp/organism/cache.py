@@ -148,10 +148,10 @@ def load_organism(
     path = path / f"organism-{cfg.size}-{cache_key(world, cfg)}"
     if path.is_dir() and not force:
         log.info("loading the %r organism from %s", cfg.size, path)
-        model, training = _load_cached(path, cfg)
+        model, training = read_entry(path, cfg)
     else:
         model, training = _train(world, texts, cfg, progress)
-        _save_cached(path, model, world, cfg, training, replace=force)
+        write_entry(path, model, world, cfg, training, replace=force)
     models.place(model, device, dtype)
     return _assemble(model, world, cfg, texts, training, path)
 
@@ -167,17 +167,19 @@ def _train(
     return model, {**result.to_dict(), "versions": library_versions()}
 
 
-def _save_cached(
+def write_entry(
     path: Path,
     model: Model,
     world: World,
     cfg: OrganismConfig,
     training: dict[str, Any],
     replace: bool,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Write the cache entry into a temporary sibling directory, then rename it into place, so
     a half-written entry is never seen. ``replace`` (``force``) removes an existing entry
-    first; otherwise an entry another process finished first wins."""
+    first; otherwise an entry another process finished first wins. ``extra`` maps further
+    file names of the entry to the JSON they hold (the oracle twin's split)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -186,6 +188,8 @@ def _save_cached(
         write_json(tmp / WORLD_FILE, world.to_dict())
         write_json(tmp / CONFIG_FILE, {"format": FORMAT_VERSION, **cfg.to_dict()})
         write_json(tmp / TRAINING_FILE, training)
+        for name, value in (extra or {}).items():
+            write_json(tmp / name, value)
         if replace and path.is_dir():
             shutil.rmtree(path)
         try:
@@ -198,14 +202,19 @@ def _save_cached(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_cached(path: Path, cfg: OrganismConfig) -> tuple[Model, dict[str, Any]]:
+def read_entry(
+    path: Path, cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast | None = None
+) -> tuple[Model, dict[str, Any]]:
+    """The model and training record of the cache entry at ``path``, checked against ``cfg``;
+    ``tokenizer`` (default: the entry's own) is attached to the model."""
     stored = read_json(path / CONFIG_FILE)
     if stored != {"format": FORMAT_VERSION, **cfg.to_dict()}:
         raise UnlearnInterpError(
             f"{path / CONFIG_FILE} does not match the requested organism config; delete {path} "
             "or pass force=True"
         )
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path / TOKENIZER_DIR)
+    if tokenizer is None:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path / TOKENIZER_DIR)
     model = initial_model(cfg, tokenizer)
     state = models.load_weights(path / MODEL_FILE)
     params = dict(model.named_parameters())

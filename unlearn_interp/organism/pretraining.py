@@ -237,10 +237,13 @@ def pretrain(
     mcq: Mapping[str, Sequence[data.MCQItem]],
     cfg: OrganismConfig,
     progress: bool = True,
+    *,
+    steps: int | None = None,
 ) -> PretrainResult:
     """Train ``model`` in place with next-token loss on ``texts`` until every MCQ set in ``mcq``
     reaches ``cfg.target_accuracy`` (continuation scoring, checked every ``cfg.eval_every``
-    steps), or raise after ``cfg.max_steps``.
+    steps), or raise after ``cfg.max_steps``. With ``steps``, train exactly that many steps on
+    the same schedule instead (no early stop, no target check: the oracle twin's recipe).
 
     AdamW with the :func:`learning_rate` schedule; batches drawn from seeded permutations of
     ``texts`` (one per epoch), so a run is deterministic on CPU for a given number of torch
@@ -250,6 +253,7 @@ def pretrain(
     >>> pretrain(model, texts, mcq, OrganismConfig.for_size("test")).steps  # doctest: +SKIP
     250
     """
+    last = cfg.max_steps if steps is None else check_int(steps, "steps", minimum=1)
     pool = _token_pool(model.tokenizer, texts, cfg.n_ctx)
     generator = torch.Generator().manual_seed(cfg.seed)
     batches = _batch_stream(pool, cfg.batch_size, data.pad_token_id(model.tokenizer), generator)
@@ -258,22 +262,23 @@ def pretrain(
     )
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
-    bar = tqdm(total=cfg.max_steps, desc="pretraining organism", disable=None if progress else True)
+    bar = tqdm(total=last, desc="pretraining organism", disable=None if progress else True)
     with bar:
-        for step in range(1, cfg.max_steps + 1):
+        for step in range(1, last + 1):
             loss = _train_step(model, optimizer, *next(batches), lr=learning_rate(step, cfg))
             bar.update()
-            if step % cfg.eval_every and step != cfg.max_steps:
+            if step % cfg.eval_every and step != last:
                 continue
             accuracy = _mcq_check(model, mcq)
             history.append({"step": step, "loss": loss.item(), **accuracy})
             bar.set_postfix(
                 loss=f"{loss.item():.3f}", **{k: f"{v:.2f}" for k, v in accuracy.items()}
             )
-            if min(accuracy.values()) >= cfg.target_accuracy:
+            if steps is None and min(accuracy.values()) >= cfg.target_accuracy:
                 break
     seconds = time.perf_counter() - start
-    _check_on_target(accuracy, cfg)
+    if steps is None:
+        _check_on_target(accuracy, cfg)
     log.info("organism pretrained in %d steps, %.1f s: %s", step, seconds, accuracy)
     return PretrainResult(steps=step, seconds=seconds, accuracy=accuracy, history=history)
 
