@@ -145,6 +145,7 @@ def test_each_command_gives_its_job_every_parameter_and_the_job_defaults(command
         "evaluate": ["--model", "m", "--mcq", "q"],
         "demo": ["--out", "o"],
         "figures": ["--out", "o"],
+        "ledger": ["--run", "r"],
     }.get(command, [])
     args = cli.build_parser().parse_args([command, *required])
     given = cli.job_arguments(job, args)
