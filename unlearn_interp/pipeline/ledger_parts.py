@@ -14,6 +14,7 @@ hooks installed for one ``with`` block), so no attack outlives its own scoring.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 
@@ -63,26 +64,24 @@ class LedgerContext:
         """The plain unlearned and base variants, by ledger model name."""
         return {model: self.variants.variant(name) for model, name in STARTS.items()}
 
+    @functools.cached_property
     def candidates(self) -> directions.Candidates:
         """Difference-in-means candidates at every layer on the hazardous prompts (one pass
         of base and unlearned), computed once per ledger."""
-        if not hasattr(self, "_candidates"):
-            starts = self.starts()
-            self._candidates = directions.candidate_directions(
-                self.model, starts["base"], starts["unlearned"], self.org.hazardous_prompts,
-                control_vectors=self.variants.control_vectors(), batch_size=self.batch_size,
-            )  # fmt: skip
-        return self._candidates
+        starts = self.starts()
+        return directions.candidate_directions(
+            self.model, starts["base"], starts["unlearned"], self.org.hazardous_prompts,
+            control_vectors=self.variants.control_vectors(), batch_size=self.batch_size,
+        )  # fmt: skip
 
     def split(self) -> FactSplit:
         """The hazardous facts split by entity into T (trained on) and V (held out)."""
         return split_facts(self.org.world, seed=self.seed)
 
+    @functools.cached_property
     def oracle(self) -> organism.Organism:
         """The oracle twin, pretrained without V's facts (cached beside the organism)."""
-        if not hasattr(self, "_oracle"):
-            self._oracle = load_oracle(self.org, self.split(), self.cache_dir, self.progress)
-        return self._oracle
+        return load_oracle(self.org, self.split(), self.cache_dir, self.progress)
 
 
 FORGET_TASKS = ("forget_T", "forget_V")
@@ -99,16 +98,14 @@ def ledger_tasks(context: LedgerContext) -> dict[str, steps.Task]:
 
 
 def score(
-    context: LedgerContext,
-    keyed: Mapping[tuple[str, str, str, int], Variant],
-    model: Model | None = None,
+    context: LedgerContext, keyed: Mapping[tuple[str, str, str, int], Variant]
 ) -> pd.DataFrame:
     """Per-item rows of each ``(attack, setting, model, step) -> variant`` on every ledger
     task, through the one scoring loop."""
     tasks = ledger_tasks(context)
     named = {f"{i}": v for i, v in enumerate(keyed.values())}
     renamed = [dataclasses.replace(v, name=name) for name, v in named.items()]
-    _, items = steps.accuracy_tables(model or context.model, renamed, tasks, context.batch_size,
+    _, items = steps.accuracy_tables(context.model, renamed, tasks, context.batch_size,
                                      progress=False)  # fmt: skip
     return per_item_rows(items, dict(zip(named, keyed, strict=True)))
 
@@ -151,7 +148,7 @@ def ablation_settings(context: LedgerContext) -> dict[str, Sequence[Hook]]:
     removed = context.variants.removed
     subspace = junk_subspace(context)
     random = directions.random_subspace_control(subspace, seed=context.seed)
-    candidates, seed = context.candidates(), context.seed
+    candidates, seed = context.candidates, context.seed
     return {
         "junk_direction": ablation_hooks(removed("ablated")),
         "random_direction": ablation_hooks(removed("random_ablated")),
@@ -169,7 +166,7 @@ def junk_subspace(context: LedgerContext) -> directions.Subspace:
     if run.path(RunFiles.SUBSPACE).is_file():
         return directions.Subspace.load(run.path(RunFiles.SUBSPACE))
     layers = directions.subspace_layers(run.config()["rmu"])
-    return context.candidates().subspace(layers)
+    return context.candidates.subspace(layers)
 
 
 def quantize_part(context: LedgerContext) -> pd.DataFrame:
@@ -208,7 +205,7 @@ def finetuned_models(context: LedgerContext) -> dict[str, tuple[Model, Variant]]
     """Ledger model name -> (network, variant to fine-tune): the unlearned and base variants
     of the organism, and the oracle twin as it is."""
     mine = {name: (context.model, start) for name, start in context.starts().items()}
-    return {**mine, "oracle": (context.oracle().model, Variant("oracle"))}
+    return {**mine, "oracle": (context.oracle.model, Variant("oracle"))}
 
 
 def curve_rows(

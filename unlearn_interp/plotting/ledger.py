@@ -13,13 +13,20 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from unlearn_interp.plotting.style import FIG_HEIGHT, FIG_WIDTH, check_columns, style_figure
+from unlearn_interp.plotting.style import (
+    FIG_HEIGHT,
+    FIG_WIDTH,
+    check_columns,
+    legend_key,
+    style_figure,
+)
 
 LEDGER_COLUMNS = ("attack", "setting", "model", "step", "task", "accuracy", "gap_recovered",
                   "ci_low", "ci_high")  # fmt: skip
 MODEL_COLORS = {"unlearned": "#d62728", "base": "#1f77b4", "oracle": "#2ca02c"}
 HEADLINE_TASKS = ("forget_V", "hazardous")  # the task the figure shows, first one present
 CURVE_ATTACK = "relearn"
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 
 
 def headline_task(ledger: pd.DataFrame) -> str:
@@ -82,13 +89,17 @@ def _gap_bars(fig: go.Figure, rows: pd.DataFrame) -> None:
 
 
 def _relearning_curves(fig: go.Figure, curves: pd.DataFrame) -> None:
-    """Accuracy over fine-tuning steps, one line per model and setting."""
+    """Accuracy over fine-tuning steps: colour = model, line style = fine-tuning setting."""
+    settings = list(dict.fromkeys(curves["setting"]))
+    dashes = {s: DASHES[i % len(DASHES)] for i, s in enumerate(settings)}
     for (setting, model), part in curves.groupby(["setting", "model"], sort=False):
         part = part.sort_values("step")
         fig.add_trace(go.Scatter(
             x=part["step"], y=part["accuracy"], mode="lines+markers",
             name=f"{model} ({setting})", legendgroup=str(model), showlegend=False,
-            line={"color": MODEL_COLORS.get(str(model))},
+            line={"color": MODEL_COLORS.get(str(model)), "dash": dashes[setting]},
         ), row=1, col=2)  # fmt: skip
+    for setting in settings:
+        legend_key(fig, f"relearn {setting}", {"color": "grey", "dash": dashes[setting]})
     fig.update_xaxes(title_text="fine-tuning step", row=1, col=2)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.05], row=1, col=2)
