@@ -266,11 +266,14 @@ def role(attack: str, setting: str, model: str) -> str:
 
 
 def ledger_markdown(table: pd.DataFrame) -> str:
-    """The ledger's report.md section: each attack's last step on the forget tasks."""
+    """The ledger's report.md section: each attack's last step on the forget tasks, with
+    the same model's retain accuracy beside it."""
     final = table.groupby(["attack", "setting", "model"], sort=False)["step"].transform("max")
+    retain = table[table["task"] == "retain"].set_index(list(KEY))["accuracy"]
     shown = table[(table["step"] == final) & table["gap_recovered"].notna()]
+    shown = shown.join(retain.rename("retain_accuracy"), on=list(KEY))
     columns = ["attack", "setting", "model", "step", "task", "accuracy", "gap_recovered",
-               "ci_low", "ci_high"]  # fmt: skip
+               "ci_low", "ci_high", "retain_accuracy"]  # fmt: skip
     lines = [
         SECTION,
         "",
@@ -278,7 +281,11 @@ def ledger_markdown(table: pd.DataFrame) -> str:
         "directions of matched dimension and norm; the oracle twin that never saw the "
         "held-out facts). Gap recovered = (acc - acc_unlearned) / (acc_base - acc_unlearned) "
         "with a 95% paired bootstrap interval over items; fine-tuning attacks at their last "
-        f"step. Every row, retain tasks and every step included: [{RunFiles.LEDGER}]"
+        "step. Every row is on that one scale, so a control can fall below 0 (the oracle "
+        "never saw V and may answer it worse than the unlearned model); what an attack brings "
+        "back beyond what it teaches the oracle was hidden, not removed. Intervals are over "
+        "items (one RMU seed). "
+        f"Every row, every step: [{RunFiles.LEDGER}]"
         f"({RunFiles.LEDGER}); figure: [ledger]({FIGURE}).",
         "",
         markdown_table(shown[columns]),
