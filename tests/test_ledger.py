@@ -20,6 +20,9 @@ from unlearn_interp.pipeline import jobs, ledger, ledger_parts, steps
 from unlearn_interp.pipeline.run_variants import RunVariants
 from unlearn_interp.pipeline.rundir import RunDir
 
+# The organism tests share one run (a demo, its oracle twin and ledger: minutes on 2 cores), so
+# every test of it is slow; the table, report section, metrics and figure are also checked on
+# synthetic per-item rows below, in the default suite.
 # Small enough for a test: one short fine-tuning run per model and attack, a light bootstrap.
 SETTINGS = ledger.LedgerSettings(
     n_boot=200, finetune=(FinetuneConfig(steps=4, lr=1e-3, eval_every=2),)
@@ -41,7 +44,7 @@ def ledger_run(organism_test, tmp_path_factory):
     with the organism's weights before and after."""
     cache = organism_test.cache_path.parent
     out = tmp_path_factory.mktemp("ledger_run")
-    pipeline.run_demo(out, size="test", cache_dir=cache, progress=False)
+    pipeline.run_demo(out, size="test", cache_dir=cache, progress=False, ledger=False)
     org = organism.load_organism("test", cache_dir=cache, progress=False)  # our own copy
     weights = {n: p.detach().clone() for n, p in org.model.named_parameters()}
     before = plain_unlearned_items(org, out)
@@ -51,6 +54,7 @@ def ledger_run(organism_test, tmp_path_factory):
             "after": after, "cache": cache}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_ledger_has_every_attack_and_column(ledger_run):
     table = ledger_run["table"]
     assert list(table.columns) == list(ledger.COLUMNS)
@@ -65,6 +69,7 @@ def test_ledger_has_every_attack_and_column(ledger_run):
     assert sorted(set(table.loc[table["attack"] == "relearn", "step"])) == [0, 2, 4]
 
 
+@pytest.mark.slow
 def test_every_row_has_an_interval_and_every_forget_row_a_gap_interval(ledger_run):
     table = ledger_run["table"]
     assert table[["accuracy", "accuracy_ci_low", "accuracy_ci_high"]].notna().all().all()
@@ -75,6 +80,7 @@ def test_every_row_has_an_interval_and_every_forget_row_a_gap_interval(ledger_ru
     assert table.loc[table["task"] == "retain", "gap_recovered"].isna().all()
 
 
+@pytest.mark.slow
 def test_every_attack_row_has_its_controls(ledger_run):
     table = ledger_run["table"]
     index = table.set_index(["attack", "setting", "model", "step", "task"]).index
@@ -89,6 +95,7 @@ def test_every_attack_row_has_its_controls(ledger_run):
                     row.step, row.task) in index  # fmt: skip
 
 
+@pytest.mark.slow
 def test_reference_rows_are_the_two_ends_of_the_gap(ledger_run):
     table = ledger_run["table"].set_index(["attack", "model", "task"])
     for task in ("forget_T", "forget_V"):
@@ -99,6 +106,7 @@ def test_reference_rows_are_the_two_ends_of_the_gap(ledger_run):
         assert base["accuracy"] >= unlearned["accuracy"] + 0.3
 
 
+@pytest.mark.slow
 def test_step_zero_of_fine_tuning_is_the_plain_model(ledger_run):
     table = ledger_run["table"]
     plain = table[table["attack"] == "none"].set_index(["model", "task"])["accuracy"]
@@ -107,12 +115,14 @@ def test_step_zero_of_fine_tuning_is_the_plain_model(ledger_run):
         assert row.accuracy == plain[(row.model, row.task)]
 
 
+@pytest.mark.slow
 def test_no_attack_leaks_into_the_unlearned_model(ledger_run):
     pd.testing.assert_frame_equal(ledger_run["before"], ledger_run["after"])
     for name, param in ledger_run["org"].model.named_parameters():
         assert torch.equal(param, ledger_run["weights"][name]), name
 
 
+@pytest.mark.slow
 def test_junk_ablation_beats_its_random_control(ledger_run):
     table = ledger_run["table"]
     v = table[(table["task"] == "forget_V") & (table["model"] == "unlearned")]
@@ -120,6 +130,7 @@ def test_junk_ablation_beats_its_random_control(ledger_run):
     assert gap["junk_direction"] > gap["random_direction"] + 0.2
 
 
+@pytest.mark.slow
 def test_8bit_quantisation_changes_base_accuracy_by_at_most_2_points(ledger_run):
     table = ledger_run["table"]
     base = table[table["model"] == "base"].set_index(["attack", "setting", "task"])["accuracy"]
@@ -127,6 +138,7 @@ def test_8bit_quantisation_changes_base_accuracy_by_at_most_2_points(ledger_run)
         assert abs(base[("quantize", "rtn_8bit_g64", task)] - base[("none", "plain", task)]) <= 0.02
 
 
+@pytest.mark.slow
 def test_relearning_on_t_keeps_the_base_models_v_accuracy(ledger_run):
     table = ledger_run["table"]
     base = table[(table["model"] == "base") & (table["task"] == "forget_V")]
@@ -134,6 +146,7 @@ def test_relearning_on_t_keeps_the_base_models_v_accuracy(ledger_run):
     assert (base.loc[base["attack"] == "relearn", "accuracy"] >= plain - 0.05).all()
 
 
+@pytest.mark.slow
 def test_ledger_writes_its_table_figure_and_report_section(ledger_run):
     out = ledger_run["out"]
     assert (out / "tables/ledger.csv").is_file() and (out / "figures/ledger.html").is_file()
@@ -142,6 +155,37 @@ def test_ledger_writes_its_table_figure_and_report_section(ledger_run):
     assert json.loads((out / "config.json").read_text())["ledger"]["n_boot"] == 200
 
 
+@pytest.mark.slow
+def test_demo_with_the_ledger_reports_it_and_keeps_every_other_metric(ledger_run, monkeypatch):
+    out = ledger_run["out"]
+    before = json.loads((out / "metrics.json").read_text())
+    before.pop("ledger", None)
+    # resumed: every demo step and ledger part is already there, so nothing is scored again
+    monkeypatch.setattr(steps, "accuracy_tables", lambda *a, **k: pytest.fail("scored again"))
+    metrics = pipeline.run_demo(out, size="test", cache_dir=ledger_run["cache"], progress=False,
+                                ledger=SETTINGS)  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert {k: v for k, v in metrics.items() if k != "ledger"} == before
+    entry = metrics["ledger"]
+    assert entry["task"] == "forget_V"
+    assert set(entry["gap_recovered"]) == ATTACKS - {"none"}
+    for settings in entry["gap_recovered"].values():
+        for gap in settings.values():
+            for row in (gap, gap["control"], gap["base"]):
+                assert row["ci_low"] <= row["value"] + 1e-12 <= row["ci_high"] + 2e-12
+    gaps = entry["gap_recovered"]
+    assert gaps["ablation"]["junk_direction"]["control"]["model_setting"] == (
+        "unlearned: random_direction"
+    )
+    assert gaps["relearn"][ledger_parts.finetune_setting(SETTINGS.finetune[0])]["step"] == 4
+    assert set(entry["oracle_accuracy_before_finetuning"]) == {"forget_T", "forget_V", "retain"}
+    report = (out / "report.md").read_text()
+    assert report.count(ledger.SECTION) == 1 and "figures/ledger.html" in report
+    assert "| attack | setting | step | unlearned | control | control gap | base |" in report
+    assert "recovery ledger, gap recovered on forget_V" in jobs.demo_summary(metrics, str(out))
+
+
+@pytest.mark.slow
 def test_rerun_resumes_without_recomputing(ledger_run, monkeypatch):
     def must_not_score(*args, **kwargs):
         raise AssertionError("the ledger scored a model again")
@@ -153,6 +197,7 @@ def test_rerun_resumes_without_recomputing(ledger_run, monkeypatch):
     assert (ledger_run["out"] / "report.md").read_text().count(ledger.SECTION) == 1
 
 
+@pytest.mark.slow
 def test_interrupted_ledger_resumes_at_the_first_unfinished_part(ledger_run, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(ledger_run["out"], run)
@@ -176,6 +221,7 @@ def test_interrupted_ledger_resumes_at_the_first_unfinished_part(ledger_run, tmp
     pd.testing.assert_frame_equal(table, ledger_run["table"])
 
 
+@pytest.mark.slow
 def test_resuming_with_other_settings_is_refused(ledger_run):
     other = ledger.LedgerSettings(n_boot=100, finetune=SETTINGS.finetune)
     with pytest.raises(UnlearnInterpError, match="other settings"):
@@ -230,9 +276,10 @@ def test_cli_ledger_on_corrupt_weights_exits_2_before_loading_the_organism(
     assert "not a readable safetensors file" in one_error_line(capsys)
 
 
-def test_cli_ledger_prints_the_headline_rows(ledger_run, monkeypatch, capsys):
-    monkeypatch.setattr(jobs, "run_ledger", lambda run, **kwargs: ledger_run["table"])
-    assert cli.main(["-q", "ledger", "--run", str(ledger_run["out"])]) == 0
+def test_cli_ledger_prints_the_headline_rows(tmp_path, monkeypatch, capsys):
+    table = ledger.ledger_table(every_attack_items(), ledger_parts.FORGET_TASKS, n_boot=50)
+    monkeypatch.setattr(jobs, "run_ledger", lambda run, **kwargs: table)
+    assert cli.main(["-q", "ledger", "--run", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("gap recovered on forget_V") and "relearn" in printed
 
@@ -269,3 +316,56 @@ def test_plot_ledger_draws_bars_and_refuses_a_table_without_intervals():
     assert fig.data and "forget_V" in fig.layout.title.text
     with pytest.raises(UnlearnInterpError, match="ci_low"):
         plotting.plot_ledger(table.drop(columns="ci_low"))
+
+
+def every_attack_items(n: int = 12) -> pd.DataFrame:
+    """Per-item rows shaped like the ledger's parts (every attack, its controls, a two-step
+    fine-tuning curve): base answers every question, unlearned a quarter, attacks half."""
+    rows = []
+
+    def answers(attack, setting, model, step, share):
+        for task in ("forget_T", "forget_V", "retain"):
+            right = n if task == "retain" else round(n * share)
+            rows.extend((attack, setting, model, step, task, i, int(i < right)) for i in range(n))
+
+    answers("none", "plain", "base", 0, 1.0)
+    answers("none", "plain", "unlearned", 0, 0.25)
+    for setting in ("junk_direction", "random_direction", "per_layer", "random_per_layer"):
+        for model in ("unlearned", "base"):
+            answers("ablation", setting, model, 0, 0.5)
+    for model in ("unlearned", "base"):
+        answers("quantize", "rtn_4bit_g64", model, 0, 0.5)
+    for attack in ("relearn", "benign_finetune"):
+        for model in ("unlearned", "base", "oracle"):
+            for step in (0, 2):
+                answers(attack, "lr=0.001,params=all,steps=2", model, step, 0.5)
+    return pd.DataFrame(rows, columns=list(ledger_parts.ITEM_COLUMNS))
+
+
+def test_report_section_and_metrics_pair_each_attack_with_its_control(tmp_path):
+    table = ledger.ledger_table(every_attack_items(), ledger_parts.FORGET_TASKS, n_boot=50)
+    section = ledger.ledger_markdown(table, figure_png=True)
+    assert (
+        section.startswith(ledger.SECTION) and "![recovery ledger](figures/ledger.png)" in section
+    )
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 5  # 2 ablations, 1 quantisation, relearning, benign fine-tuning
+    assert (
+        "| ablation | per_layer | 0 | 0.33 [" in section
+        and "unlearned: random_per_layer" in section
+    )
+    entry = ledger.ledger_metrics(table)
+    assert entry["task"] == "forget_V"
+    relearn = entry["gap_recovered"]["relearn"]["lr=0.001,params=all,steps=2"]
+    assert relearn["step"] == 2 and relearn["control"]["model_setting"].startswith("oracle: ")
+    assert math.isclose(relearn["value"], 1 / 3) and relearn["retain_accuracy"] == 1.0
+    assert entry["gap_recovered"]["quantize"]["rtn_4bit_g64"]["control"]["model_setting"] == (
+        "base: rtn_4bit_g64"
+    )
+    assert entry["oracle_accuracy_before_finetuning"]["forget_V"] == 0.5
+    run = RunDir(tmp_path)
+    (tmp_path / "report.md").write_text("# A demo report\n")
+    ledger.write_report_section(run, table)
+    ledger.write_report_section(run, table)  # replaces its own section
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# A demo report") and report.count(ledger.SECTION) == 1

@@ -27,7 +27,7 @@ RUN_FILES = [
 def demo_run(organism_test, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     metrics = pipeline.run_demo(
-        out, size="test", cache_dir=organism_test.cache_path.parent, progress=False
+        out, size="test", cache_dir=organism_test.cache_path.parent, progress=False, ledger=False
     )
     return out, metrics
 
@@ -83,7 +83,7 @@ def test_second_demo_run_reuses_every_finished_step(demo_run, organism_test, mon
 
     monkeypatch.setattr(rmu, "train_rmu", must_not_train)
     again = pipeline.run_demo(
-        out, size="test", cache_dir=organism_test.cache_path.parent, progress=False
+        out, size="test", cache_dir=organism_test.cache_path.parent, progress=False, ledger=False
     )
     after = json.loads((out / "tables/step_seconds.json").read_text())
     assert {k: v for k, v in after.items() if k != "organism"} == {
@@ -101,20 +101,22 @@ def test_interrupted_demo_resumes_from_finished_steps(organism_test, tmp_path, m
 
     monkeypatch.setattr(demo, "step_layer_profile", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run_demo(tmp_path, size="test", cache_dir=cache, progress=False)
+        pipeline.run_demo(tmp_path, size="test", cache_dir=cache, progress=False, ledger=False)
     assert (tmp_path / "tables/accuracy.csv").is_file()
     assert not (tmp_path / "tables/layer_profile.csv").exists()
     assert not list(tmp_path.rglob("*.tmp"))  # no half-written artifact
     monkeypatch.setattr(demo, "step_layer_profile", real)
     monkeypatch.setattr(rmu, "train_rmu", lambda *a, **k: pytest.fail("RMU retrained on resume"))
-    pipeline.run_demo(tmp_path, size="test", cache_dir=cache, progress=False)
+    pipeline.run_demo(tmp_path, size="test", cache_dir=cache, progress=False, ledger=False)
     assert (tmp_path / "metrics.json").is_file()
 
 
 def test_resuming_with_other_settings_is_refused(demo_run, organism_test):
     out, _ = demo_run
     with pytest.raises(UnlearnInterpError, match="other settings.*seed"):
-        pipeline.run_demo(out, size="test", seed=3, cache_dir=organism_test.cache_path.parent)
+        pipeline.run_demo(
+            out, size="test", seed=3, cache_dir=organism_test.cache_path.parent, ledger=False
+        )
 
 
 @pytest.fixture(scope="module")

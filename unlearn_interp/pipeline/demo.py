@@ -1,6 +1,7 @@
 """The reproduction on one model: the organism demo and ``run`` on a real checkpoint.
 
-``unlearn -> direction -> accuracy -> layer_profile -> generations -> figures -> report``, each a
+``unlearn -> direction -> accuracy -> layer_profile -> generations -> figures -> report``
+(and, for the organism, the recovery ledger last: :mod:`unlearn_interp.pipeline.ledger`), each a
 step of :mod:`unlearn_interp.pipeline.steps` writing a run directory (DESIGN.md "The run
 directory"). Later steps always read what earlier steps wrote (once per run, through one
 :class:`RunVariants`), so a resumed run and a fresh run are computed from the same files.
@@ -28,12 +29,13 @@ from typing import Any
 import torch
 
 import unlearn_interp.pipeline.steps as steps
-from unlearn_interp import models, organism, rmu
+from unlearn_interp import artifacts, models, organism, rmu
 from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.data import QA_TEMPLATE, MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.models import Model
 from unlearn_interp.pipeline.figures import FIGURE_NAMES, demo_figures
+from unlearn_interp.pipeline.ledger import LedgerSettings, ledger_metrics, run_ledger
 from unlearn_interp.pipeline.metrics import demo_metrics
 from unlearn_interp.pipeline.report import write_demo_report
 from unlearn_interp.pipeline.run_variants import RunVariants
@@ -216,12 +218,15 @@ def run_demo(
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    ledger: bool | LedgerSettings = True,
 ) -> dict[str, Any]:
     """The whole story on the model organism; returns ``metrics.json``'s content.
 
     The organism is pretrained and cached in float32 on the CPU; ``device`` and ``dtype`` say
     where and in what precision the demo runs it (a dtype other than float32 is recorded in the
-    run's settings, so a run is never resumed in another precision).
+    run's settings, so a run is never resumed in another precision). ``ledger`` (True: the
+    default :class:`LedgerSettings`) runs the recovery ledger on the run last: its section
+    ends report.md and metrics.json gains a ``"ledger"`` entry, every other key as without it.
 
     >>> metrics = run_demo("runs/demo", size="test")                        # doctest: +SKIP
     """
@@ -242,9 +247,30 @@ def run_demo(
     step_unlearn(run, exp.model, cfg, [org.forget_corpus], [org.retain_corpus], progress)
     title = f"RMU is mostly shallow: the model organism ({size})"
     metrics = run_analysis(run, exp, title, DEMO_TARGETS)
+    if ledger:
+        chosen = ledger if isinstance(ledger, LedgerSettings) else LedgerSettings()
+        metrics = step_ledger(run, org, chosen, cache_dir, force, progress, metrics)
     log.info(
         "demo finished in %.1f s; see %s", time.perf_counter() - start, run.path(RunFiles.REPORT)
     )
+    return metrics
+
+
+def step_ledger(
+    run: RunDir,
+    org: organism.Organism,
+    settings: LedgerSettings,
+    cache_dir: str | os.PathLike | None,
+    force: bool,
+    progress: bool,
+    metrics: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The recovery ledger on the demo's own run (resumable part by part; its report section
+    appended to report.md) and metrics.json with a ``"ledger"`` entry added."""
+    table = run_ledger(run.root, settings=settings, cache_dir=cache_dir, org=org, force=force,
+                       progress=progress)  # fmt: skip
+    metrics = {**metrics, "ledger": ledger_metrics(table)}
+    artifacts.write_json(run.path(RunFiles.METRICS), metrics)
     return metrics
 
 

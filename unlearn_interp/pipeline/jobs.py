@@ -155,8 +155,24 @@ def demo_summary(metrics: Mapping[str, Any], out: str) -> str:
         f"junk direction at layer {junk['layer']}: cos with control vector "
         f"{junk['cos_with_control_vector']:.3f}"
     )
+    lines += _ledger_lines(metrics.get("ledger"))
     lines.append(f"total {metrics['seconds']['total']:.0f} s; report: {out}/report.md")
     return "\n".join(lines) + "\n"
+
+
+def _ledger_lines(ledger: Mapping[str, Any] | None) -> list[str]:
+    """The recovery ledger's headline: gap recovered per attack and setting, and its control."""
+    if not ledger:
+        return []
+    lines = [f"recovery ledger, gap recovered on {ledger['task']} (95% interval) | control:"]
+    for attack, settings in ledger["gap_recovered"].items():
+        for setting, gap in settings.items():
+            control = gap["control"]
+            lines.append(
+                f"  {attack:<16}{setting:<30} {gap['value']:6.2f} [{gap['ci_low']:5.2f}, "
+                f"{gap['ci_high']:5.2f}] | {control['model_setting']} {control['value']:.2f}"
+            )
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------

@@ -265,32 +265,103 @@ def role(attack: str, setting: str, model: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def ledger_markdown(table: pd.DataFrame) -> str:
-    """The ledger's report.md section: each attack's last step on the forget tasks, with
-    the same model's retain accuracy beside it."""
-    final = table.groupby(["attack", "setting", "model"], sort=False)["step"].transform("max")
-    retain = table[table["task"] == "retain"].set_index(list(KEY))["accuracy"]
-    shown = table[(table["step"] == final) & table["gap_recovered"].notna()]
-    shown = shown.join(retain.rename("retain_accuracy"), on=list(KEY))
-    columns = ["attack", "setting", "model", "step", "task", "accuracy", "gap_recovered",
-               "ci_low", "ci_high", "retain_accuracy"]  # fmt: skip
+def control_key(attack: str, setting: str) -> tuple[str, str]:
+    """The control an attack on the unlearned model is read against, as ``(setting, model)``:
+    an ablation's random directions of matched dimension and norm on the same model, a
+    fine-tuning run's oracle twin (what the attack teaches a model that never saw V), a
+    quantisation's base model (the same attack on a model that knew the facts)."""
+    if attack == "ablation":
+        return f"random_{setting.removeprefix('junk_')}", "unlearned"
+    return setting, "oracle" if attack in ("relearn", "benign_finetune") else "base"
+
+
+def headline_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per attack and setting on the unlearned model at its last step, on the headline
+    forget task (``plotting.headline_task``): gap recovered with its interval, the same for
+    its control (:func:`control_key`) and the base model, and the unlearned model's retain
+    accuracy under the attack."""
+    task = plotting.headline_task(table)
+    last = plotting.last_steps(table)
+    forget = last[last["task"] == task].set_index(["attack", "setting", "model"])
+    retain = last[last["task"] == "retain"].set_index(["attack", "setting", "model"])["accuracy"]
+    rows = []
+    for key, row in forget[forget["role"] == "attack"].iterrows():
+        attack, setting, _ = key
+        control_setting, control_model = control_key(attack, setting)
+        control = forget.loc[(attack, control_setting, control_model)]
+        base = forget.loc[(attack, setting, "base")]
+        rows.append({
+            "attack": attack, "setting": setting, "step": int(row["step"]), "task": task,
+            **_gap(row, ""), "control": f"{control_model}: {control_setting}",
+            **_gap(control, "control_"), **_gap(base, "base_"),
+            "retain_accuracy": float(retain.get(key, float("nan"))),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _gap(row: pd.Series, prefix: str) -> dict[str, float]:
+    return {f"{prefix}{name}": float(row[name]) for name in ("gap_recovered", "ci_low", "ci_high")}
+
+
+def _cell(rows: pd.DataFrame, prefix: str) -> list[str]:
+    """``0.62 [0.55, 0.69]``: gap recovered with its interval."""
+    columns = [rows[f"{prefix}{c}"] for c in ("gap_recovered", "ci_low", "ci_high")]
+    return [f"{g:.2f} [{lo:.2f}, {hi:.2f}]" for g, lo, hi in zip(*columns, strict=True)]
+
+
+def ledger_markdown(table: pd.DataFrame, figure_png: bool = False) -> str:
+    """The ledger's report.md section: per attack and setting, gap recovered on the held-out
+    forget facts with its interval beside its control's and the base model's; the figure
+    (embedded when ``figure_png``, its HTML linked always)."""
+    rows = headline_rows(table)
+    task = plotting.headline_task(table)
+    compact = pd.DataFrame({
+        "attack": rows["attack"], "setting": rows["setting"], "step": rows["step"],
+        "unlearned": _cell(rows, ""), "control": rows["control"],
+        "control gap": _cell(rows, "control_"), "base": _cell(rows, "base_"),
+        "retain acc (unlearned)": rows["retain_accuracy"],
+    })  # fmt: skip
+    figure = [f"![recovery ledger]({FIGURE.removesuffix('.html')}.png)", ""] if figure_png else []
     lines = [
         SECTION,
         "",
-        "Each attack on the unlearned model and on its controls (base model; random "
-        "directions of matched dimension and norm; the oracle twin that never saw the "
-        "held-out facts). Gap recovered = (acc - acc_unlearned) / (acc_base - acc_unlearned) "
-        "with a 95% paired bootstrap interval over items; fine-tuning attacks at their last "
-        "step. Every row is on that one scale, so a control can fall below 0 (the oracle "
-        "never saw V and may answer it worse than the unlearned model); what an attack brings "
-        "back beyond what it teaches the oracle was hidden, not removed. Intervals are over "
-        "items (one RMU seed). "
-        f"Every row, every step: [{RunFiles.LEDGER}]"
-        f"({RunFiles.LEDGER}); figure: [ledger]({FIGURE}).",
+        f"Gap recovered on {task} (95% paired bootstrap interval over items; one RMU seed) "
+        "by each attack on the unlearned model at its last step, beside the same for its "
+        "control: random directions of matched dimension and norm for an ablation, the oracle "
+        "twin that never saw the held-out facts for fine-tuning, the base model for "
+        "quantisation; `base` is the attack on the base model (the ceiling). Gap recovered = "
+        "(acc - acc_unlearned) / (acc_base - acc_unlearned) on one scale for every row, so a "
+        "control can fall below 0 (the oracle may answer V worse than the unlearned model); "
+        "what an attack brings back beyond what it teaches the oracle was hidden, not removed.",
         "",
-        markdown_table(shown[columns]),
+        markdown_table(compact),
+        "",
+        *figure,
+        f"Every row, every model, task and step: [{RunFiles.LEDGER}]({RunFiles.LEDGER}); "
+        f"figure: [ledger]({FIGURE}).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def ledger_metrics(table: pd.DataFrame) -> dict[str, Any]:
+    """metrics.json's ``"ledger"`` entry: the headline task and, per attack and setting,
+    gap recovered on it with its interval, its control's and the base model's
+    (:func:`headline_rows`); the oracle twin's accuracy before fine-tuning when present."""
+    rows = headline_rows(table)
+    gaps: dict[str, dict[str, Any]] = {}
+    for row in rows.itertuples(index=False):
+        gaps.setdefault(row.attack, {})[row.setting] = {
+            "step": row.step, "value": row.gap_recovered, "ci_low": row.ci_low,
+            "ci_high": row.ci_high, "retain_accuracy": row.retain_accuracy,
+            "control": {"model_setting": row.control, "value": row.control_gap_recovered,
+                        "ci_low": row.control_ci_low, "ci_high": row.control_ci_high},
+            "base": {"value": row.base_gap_recovered, "ci_low": row.base_ci_low,
+                     "ci_high": row.base_ci_high},
+        }  # fmt: skip
+    oracle = table[(table["model"] == "oracle") & (table["step"] == 0)]
+    oracle = oracle.drop_duplicates("task").set_index("task")["accuracy"]
+    return {"task": plotting.headline_task(table), "gap_recovered": gaps,
+            "oracle_accuracy_before_finetuning": {k: float(v) for k, v in oracle.items()}}  # fmt: skip
 
 
 def write_report_section(run: RunDir, table: pd.DataFrame) -> None:
@@ -299,7 +370,7 @@ def write_report_section(run: RunDir, table: pd.DataFrame) -> None:
     path = run.path(RunFiles.REPORT)
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     kept = text.split(f"\n{SECTION}\n")[0].rstrip("\n")
-    section = ledger_markdown(table)
+    section = ledger_markdown(table, run.path(FIGURE).with_suffix(".png").is_file())
     artifacts.write_text(path, f"{kept}\n\n{section}" if kept else section)
 
 
