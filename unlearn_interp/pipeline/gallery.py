@@ -154,7 +154,9 @@ def demo_set(
 ) -> dict[str, go.Figure]:
     """The blog's figures from :func:`run_demo`'s run directory (run if missing); ``placed``:
     the organism's ``device`` and ``dtype``."""
-    metrics = run_demo(run_dir, size=size, seed=seed, force=force, progress=progress, **placed)
+    metrics = run_demo(
+        run_dir, size=size, seed=seed, force=force, progress=progress, ledger=False, **placed
+    )
     layer = metrics["junk_direction"]["layer"]
     figures = dict(demo_figures(run_dir, layer))
     figures |= _ablated_profiles(pd.read_csv(run_dir / RunFiles.LAYER_PROFILE), layer)
