@@ -177,8 +177,8 @@ def run_blocks(
     """The residual stream after block ``stop - 1`` (default: after the last block, before the
     final norm), running blocks ``start..stop-1``.
 
-    ``inputs`` are token ids when ``start`` is 0, else the residual stream entering block
-    ``start``. ``weights`` (name -> tensor) run in place of the model's own tensors of those
+    ``inputs`` are token ids (integers; ``start`` must then be 0) or the residual stream
+    entering block ``start`` (floats; any ``start``, 0 included). ``weights`` (name -> tensor) run in place of the model's own tensors of those
     names without touching them (a frozen copy through ``torch.func.functional_call``; no
     gradient flows to the model). ``kv_cache`` (:func:`new_kv_cache`) is read and extended.
     """
