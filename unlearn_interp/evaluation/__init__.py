@@ -40,6 +40,7 @@ from unlearn_interp.evaluation.mcq import (
     format_accuracy_table,
     gap_recovered,
     mcq_accuracy,
+    mcq_requests,
     qa_prompt,
 )
 from unlearn_interp.evaluation.scoring import Request, encode_requests, score_requests
@@ -62,6 +63,7 @@ __all__ = [
     "generate",
     "max_logit",
     "mcq_accuracy",
+    "mcq_requests",
     "next_token_entropy",
     "qa_prompt",
     "retain_loss",

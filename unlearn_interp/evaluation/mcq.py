@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from unlearn_interp import activations, data, stats
 from unlearn_interp.data import QA_TEMPLATE, MCQItem
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.evaluation.scoring import encode_requests, score_requests
+from unlearn_interp.evaluation.scoring import Request, encode_requests, score_requests
 from unlearn_interp.models import Model
 from unlearn_interp.variants import Hook, Variant, hooks_installed
 
@@ -102,16 +102,30 @@ def mcq_accuracy(
     if mode not in MODES:
         raise UnlearnInterpError(f"mode must be 'letter' or 'continuation', got {mode!r}")
     activations.check_batch_size(batch_size)
+    requests = mcq_requests(model, items, mode, prompt_template, subject, add_bos)
+    with hooks_installed(model, fwd_hooks):
+        scores = score_requests(model, requests, batch_size=batch_size, progress=progress)
+    return _mcq_result(items, scores, mode, subject)
+
+
+def mcq_requests(
+    model: Model,
+    items: Sequence[MCQItem],
+    mode: str = "letter",
+    prompt_template: str = QA_TEMPLATE,
+    subject: str | None = None,
+    add_bos: bool | None = None,
+) -> list[Request]:
+    """The items as :func:`mcq_accuracy` scores them: one tokenised request per question,
+    its context and one continuation per choice (letters in ``"letter"`` mode, the choices'
+    texts in ``"continuation"`` mode, each after a space)."""
     if mode == "letter":
         contexts = [data.mcq_prompt(item, subject) for item in items]
         choices = [[TARGET_DELIMITER + letter for letter in item.letters] for item in items]
     else:
         contexts = [qa_prompt(item, prompt_template, subject) for item in items]
         choices = [[TARGET_DELIMITER + choice for choice in item.choices] for item in items]
-    requests = encode_requests(model.tokenizer, contexts, choices, add_bos=add_bos)
-    with hooks_installed(model, fwd_hooks):
-        scores = score_requests(model, requests, batch_size=batch_size, progress=progress)
-    return _mcq_result(items, scores, mode, subject)
+    return encode_requests(model.tokenizer, contexts, choices, add_bos=add_bos)
 
 
 def qa_prompt(item: MCQItem, template: str = QA_TEMPLATE, subject: str | None = None) -> str:
