@@ -23,10 +23,12 @@ from unlearn_interp.pipeline.rundir import RunDir
 # The organism tests share one run (a demo, its oracle twin and ledger: minutes on 2 cores), so
 # every test of it is slow; the table, report section, metrics and figure are also checked on
 # synthetic per-item rows below, in the default suite.
-# Small enough for a test: one short fine-tuning run per model and attack, a light bootstrap.
+# Small enough for a test: one short fine-tuning run per model, attack and seed (two seeds, so
+# intervals resample seeds), a light bootstrap.
 SETTINGS = ledger.LedgerSettings(
-    n_boot=200, finetune=(FinetuneConfig(steps=4, lr=1e-3, eval_every=2),)
+    n_boot=200, finetune=(FinetuneConfig(steps=4, lr=1e-3, eval_every=2),), finetune_seeds=(0, 1)
 )
+SEEDLESS_COLUMNS = [c for c in ledger_parts.ITEM_COLUMNS if c != "seed"]
 ATTACKS = {"none", "ablation", "quantize", "relearn", "benign_finetune"}
 
 
@@ -203,20 +205,27 @@ def test_interrupted_ledger_resumes_at_the_first_unfinished_part(ledger_run, tmp
     shutil.copytree(ledger_run["out"], run)
     for path in run.glob("tables/ledger*.csv"):
         path.unlink()
-    finished = dict(ledger_parts.PARTS)
+    finetune = ledger_parts.SEEDED_PARTS["finetune"]
 
-    def interrupted(context):
-        raise KeyboardInterrupt
+    def interrupted_at_seed_1(context, seed):
+        if seed == 1:
+            raise KeyboardInterrupt
+        return finetune(context, seed)
 
-    monkeypatch.setitem(ledger_parts.PARTS, "finetune", interrupted)
+    monkeypatch.setitem(ledger_parts.SEEDED_PARTS, "finetune", interrupted_at_seed_1)
     with pytest.raises(KeyboardInterrupt):
         ledger.run_ledger(run, settings=SETTINGS, org=ledger_run["org"], progress=False)
-    assert (run / "tables/ledger_quantize_per_item.csv").is_file()
-    assert not (run / "tables/ledger_finetune_per_item.csv").exists()
+    assert (run / "tables/ledger_finetune_seed0_per_item.csv").is_file()
+    assert not (run / "tables/ledger_finetune_seed1_per_item.csv").exists()
     assert not list(run.rglob("*.tmp"))
     for name in ("reference", "ablation", "quantize"):
         monkeypatch.setitem(ledger_parts.PARTS, name, lambda c: pytest.fail("recomputed"))
-    monkeypatch.setitem(ledger_parts.PARTS, "finetune", finished["finetune"])
+
+    def seed_0_again(context, seed):
+        assert seed == 1, "the finished seed was recomputed"
+        return finetune(context, seed)
+
+    monkeypatch.setitem(ledger_parts.SEEDED_PARTS, "finetune", seed_0_again)
     table = ledger.run_ledger(run, settings=SETTINGS, org=ledger_run["org"], progress=False)
     pd.testing.assert_frame_equal(table, ledger_run["table"])
 
@@ -298,7 +307,7 @@ def synthetic_items() -> pd.DataFrame:
         name = model if model != "attacked" else "unlearned"
         for task in ("forget_V", "retain"):
             rows += [(attack, setting, name, 0, task, i, c) for i, c in enumerate(answers)]
-    return pd.DataFrame(rows, columns=list(ledger_parts.ITEM_COLUMNS))
+    return pd.DataFrame(rows, columns=SEEDLESS_COLUMNS)
 
 
 def test_ledger_table_measures_gap_recovered_on_one_scale():
@@ -308,6 +317,28 @@ def test_ledger_table_measures_gap_recovered_on_one_scale():
     assert attacked["ci_low"] <= 2 / 3 <= attacked["ci_high"]
     assert attacked["role"] == "attack"
     assert np.isnan(table.loc[table["task"] == "retain", "gap_recovered"]).all()
+
+
+def test_ledger_table_averages_and_resamples_fine_tuning_seeds():
+    plain = synthetic_items().assign(seed=np.nan)
+    plain = plain[plain["attack"] == "none"]
+    tuned = []
+    for seed, answers in ((0, [1, 1, 1, 1]), (1, [1, 0, 0, 0])):
+        for task in ("forget_V", "retain"):
+            tuned += [("relearn", "lr=1", "unlearned", 2, task, i, c, seed)
+                      for i, c in enumerate(answers)]  # fmt: skip
+    per_item = pd.concat([plain, pd.DataFrame(tuned, columns=list(ledger_parts.ITEM_COLUMNS))])
+    table = ledger.ledger_table(per_item, ["forget_V"], n_boot=200)
+    row = table[(table["attack"] == "relearn") & (table["task"] == "forget_V")].iloc[0]
+    assert math.isclose(row["accuracy"], 0.625)  # the mean of the two seeds' 1.0 and 0.25
+    assert math.isclose(row["gap_recovered"], 0.5)
+    assert row["ci_low"] < 0.5 < row["ci_high"]
+
+
+@pytest.mark.parametrize("seeds", [(), (0, 0), (-1,)])
+def test_ledger_settings_refuse_bad_fine_tuning_seeds(seeds):
+    with pytest.raises(UnlearnInterpError, match="finetune_seeds"):
+        ledger.LedgerSettings(finetune_seeds=seeds)
 
 
 def test_plot_ledger_draws_bars_and_refuses_a_table_without_intervals():
@@ -339,7 +370,7 @@ def every_attack_items(n: int = 12) -> pd.DataFrame:
         for model in ("unlearned", "base", "oracle"):
             for step in (0, 2):
                 answers(attack, "lr=0.001,params=all,steps=2", model, step, 0.5)
-    return pd.DataFrame(rows, columns=list(ledger_parts.ITEM_COLUMNS))
+    return pd.DataFrame(rows, columns=SEEDLESS_COLUMNS)
 
 
 def test_report_section_and_metrics_pair_each_attack_with_its_control(tmp_path):

@@ -36,8 +36,14 @@ import unlearn_interp.pipeline.steps as steps
 from unlearn_interp import artifacts, organism, plotting, stats
 from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.attacks.finetune import FinetuneConfig
+from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.pipeline.ledger_parts import FORGET_TASKS, PARTS, LedgerContext
+from unlearn_interp.pipeline.ledger_parts import (
+    FORGET_TASKS,
+    LedgerContext,
+    part_names,
+    planned_parts,
+)
 from unlearn_interp.pipeline.report import markdown_table
 from unlearn_interp.pipeline.run_variants import RunVariants
 from unlearn_interp.pipeline.rundir import FIGURES, RunDir
@@ -65,13 +71,27 @@ class LedgerSettings:
     V, draws the random controls and seeds the bootstrap (``n_boot`` replicates, 95%
     percentile intervals); ``bits`` are the quantisation widths; ``finetune`` the fine-tuning
     runs (each on every model, for relearning and for benign fine-tuning; the whole grid is
-    reported); ``batch_size`` is the scoring batch."""
+    reported), each run once per seed of ``finetune_seeds`` (the order its batches are drawn
+    in; fine-tuning rows' intervals resample items and these seeds); ``batch_size`` is the
+    scoring batch."""
 
     n_boot: int = 1000
     seed: int = 0
     batch_size: int = 32
     bits: tuple[int, ...] = (8, 4)
     finetune: tuple[FinetuneConfig, ...] = DEFAULT_FINETUNE
+    finetune_seeds: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        seeds = list(self.finetune_seeds)
+        if (
+            not seeds
+            or len(set(seeds)) != len(seeds)
+            or not all(is_int(s) and s >= 0 for s in seeds)
+        ):
+            raise UnlearnInterpError(
+                f"finetune_seeds must be distinct non-negative integers, at least one; got {seeds}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """As config.json records it (tuples as lists)."""
@@ -110,9 +130,10 @@ def run_ledger(
                                         progress=progress, dtype=_dtype(demo))  # fmt: skip
     _check_organism(org, demo)
     context = LedgerContext(run, org, variants, settings.seed, settings.batch_size,
-                            settings.bits, settings.finetune, cache_dir, progress)  # fmt: skip
-    for name, compute in PARTS.items():
-        _part_step(run, name, lambda compute=compute: compute(context), force)
+                            settings.bits, settings.finetune, settings.finetune_seeds, cache_dir,
+                            progress)  # fmt: skip
+    for name, compute in planned_parts(context).items():
+        _part_step(run, name, compute, force)
     outputs = [RunFiles.LEDGER, FIGURE]
     build = lambda: _write_ledger(run, FORGET_TASKS, settings)  # noqa: E731
     _forced_step(run, "ledger", outputs, build, force)
@@ -202,9 +223,9 @@ def _forced_step(
     run.step(name, outputs, compute)
 
 
-def read_parts(run: RunDir) -> pd.DataFrame:
-    """Every part's per-item rows, in part order."""
-    frames = [pd.read_csv(run.path(part_file(name))) for name in PARTS]
+def read_parts(run: RunDir, names: Sequence[str]) -> pd.DataFrame:
+    """The per-item rows of the parts ``names``, in that order."""
+    frames = [pd.read_csv(run.path(part_file(name))) for name in names]
     return pd.concat([f for f in frames if not f.empty], ignore_index=True)
 
 
@@ -214,7 +235,8 @@ def read_parts(run: RunDir) -> pd.DataFrame:
 
 
 def _write_ledger(run: RunDir, forget_tasks: Sequence[str], settings: LedgerSettings) -> None:
-    table = ledger_table(read_parts(run), forget_tasks, settings.n_boot, settings.seed)
+    per_item = read_parts(run, part_names(settings.finetune_seeds))
+    table = ledger_table(per_item, forget_tasks, settings.n_boot, settings.seed)
     with artifacts.atomic_path(run.path(RunFiles.LEDGER)) as tmp:
         table.to_csv(tmp, index=False)
     steps.save_figures(run, {"ledger": plotting.plot_ledger(table)})
@@ -226,14 +248,17 @@ def ledger_table(
     """One row per evaluated model and task: accuracy with its interval and, on the forget
     tasks, gap recovered with its paired interval (``stats``); columns :data:`COLUMNS`.
 
-    ``per_item`` columns: :data:`KEY`, ``task``, ``item``, ``correct``; it must hold the plain
-    models :data:`REFERENCE`, whose accuracies define the gap.
+    ``per_item`` columns: :data:`KEY`, ``task``, ``item``, ``correct`` and optionally
+    ``seed`` (a fine-tuning run's seed; empty for deterministic attacks: the interval of a
+    seeded model resamples its seeds as well as the items); it must hold the plain models
+    :data:`REFERENCE`, whose accuracies define the gap.
     """
     keys = per_item[list(KEY)].drop_duplicates().reset_index(drop=True)
     names = {tuple(row): f"m{i}" for i, row in enumerate(keys.itertuples(index=False))}
     keys["variant"] = list(names.values())
-    tidy = per_item.merge(keys, on=list(KEY))[["variant", "task", "item", "correct"]]
-    tidy = tidy.assign(seed=np.nan)
+    if "seed" not in per_item.columns:
+        per_item = per_item.assign(seed=np.nan)
+    tidy = per_item.merge(keys, on=list(KEY))[["variant", "task", "item", "correct", "seed"]]
     accuracy = stats.accuracy_intervals(tidy, n_boot=n_boot, seed=seed)
     gaps = stats.gap_recovered_intervals(
         tidy, base=names[REFERENCE["base"]], unlearned=names[REFERENCE["unlearned"]],
@@ -325,7 +350,8 @@ def ledger_markdown(table: pd.DataFrame, figure_png: bool = False) -> str:
     lines = [
         SECTION,
         "",
-        f"Gap recovered on {task} (95% paired bootstrap interval over items; one RMU seed) "
+        f"Gap recovered on {task} (95% paired bootstrap interval over items and, for "
+        "fine-tuning, its seeds; one RMU seed) "
         "by each attack on the unlearned model at its last step, beside the same for its "
         "control: random directions of matched dimension and norm for an ablation, the oracle "
         "twin that never saw the held-out facts for fine-tuning, the base model for "

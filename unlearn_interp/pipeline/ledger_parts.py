@@ -1,9 +1,12 @@
 """The recovery ledger's parts: each attack family applied to the unlearned model and to its
 controls, scored question by question.
 
-A part is a function of a :class:`LedgerContext` returning per-item rows (columns ``attack,
-setting, model, step, task, item, correct``); :data:`PARTS` lists them in the order the ledger
-runs them (``pipeline.ledger`` makes each a resumable step and turns the rows into the table).
+A part is a function of a :class:`LedgerContext` returning per-item rows (columns
+:data:`ITEM_COLUMNS`: ``attack, setting, model, step, task, item, correct, seed``);
+:data:`PARTS` lists the deterministic ones and :data:`SEEDED_PARTS` those run once per
+fine-tuning seed (``seed`` is empty for the first); :func:`planned_parts` puts them in the
+order the ledger runs them (``pipeline.ledger`` makes each a resumable step and turns the rows
+into the table).
 Every attack goes through :class:`~unlearn_interp.variants.Variant` (weights swapped in and
 hooks installed for one ``with`` block), so no attack outlives its own scoring.
 
@@ -37,7 +40,7 @@ from unlearn_interp.pipeline.run_variants import RunVariants
 from unlearn_interp.pipeline.rundir import RunDir
 from unlearn_interp.variants import Hook, Variant
 
-ITEM_COLUMNS = ("attack", "setting", "model", "step", "task", "item", "correct")
+ITEM_COLUMNS = ("attack", "setting", "model", "step", "task", "item", "correct", "seed")
 # ledger model name -> the run's variant it starts from
 STARTS = {"unlearned": "rmu", "base": "base"}
 
@@ -53,6 +56,7 @@ class LedgerContext:
     batch_size: int = 32
     bits: Sequence[int] = (8, 4)
     finetune: Sequence[FinetuneConfig] = (FinetuneConfig(),)
+    finetune_seeds: Sequence[int] = (0,)
     cache_dir: str | os.PathLike | None = None
     progress: bool = True
 
@@ -115,6 +119,7 @@ def per_item_rows(items: pd.DataFrame, keys: Mapping[str, tuple]) -> pd.DataFram
     key = pd.DataFrame([keys[v] for v in items["variant"]], columns=list(ITEM_COLUMNS[:4]))
     rows = pd.concat([key, items[["task", "item"]].reset_index(drop=True)], axis=1)
     rows["correct"] = items["correct"].astype(int).to_numpy()
+    rows["seed"] = float("nan")  # a fine-tuning part sets its seed
     return rows[list(ITEM_COLUMNS)]
 
 
@@ -181,23 +186,26 @@ def quantize_part(context: LedgerContext) -> pd.DataFrame:
     return score(context, keyed)
 
 
-def finetune_part(context: LedgerContext) -> pd.DataFrame:
+def finetune_part(context: LedgerContext, seed: int) -> pd.DataFrame:
     """Relearning on T (RTT: trained on the documents about T entities, scored on V too) and
     benign fine-tuning (the same schedule on retain text), each with every config of
-    ``context.finetune``, on the unlearned, base and oracle models."""
+    ``context.finetune`` with its batches drawn by ``seed``, on the unlearned, base and oracle
+    models."""
     texts = {"relearn": t_documents(context.org, context.split()),
              "benign_finetune": context.org.retain_corpus}  # fmt: skip
+    configs = [dataclasses.replace(cfg, seed=seed) for cfg in context.finetune]
     frames = [
         curve_rows(context, (attack, finetune_setting(cfg), name), model, start, texts[attack], cfg)
         for attack in texts
-        for cfg in context.finetune
+        for cfg in configs
         for name, (model, start) in finetuned_models(context).items()
     ]
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True).assign(seed=seed)
 
 
 def finetune_setting(cfg: FinetuneConfig) -> str:
-    """``"lr=0.0001,params=all,steps=100"``: what tells one fine-tuning run from another."""
+    """``"lr=0.0001,params=all,steps=100"``: what tells one fine-tuning setting from another
+    (its seed is the rows' ``seed``)."""
     return f"lr={cfg.lr:g},params={cfg.params},steps={cfg.steps}"
 
 
@@ -235,20 +243,46 @@ def curve_rows(
     return pd.concat(frames, ignore_index=True)
 
 
-# Part name -> what it computes, in the order the ledger runs them.
+# Part name -> what it computes, in the order the ledger runs them: the deterministic parts,
+# then each seeded part once per fine-tuning seed (``<name>_seed<seed>``).
 PARTS: dict[str, Callable[[LedgerContext], pd.DataFrame]] = {
     "reference": reference_part,
     "ablation": ablation_part,
     "quantize": quantize_part,
+}
+SEEDED_PARTS: dict[str, Callable[[LedgerContext, int], pd.DataFrame]] = {
     "finetune": finetune_part,
 }
+
+
+def part_names(finetune_seeds: Sequence[int]) -> list[str]:
+    """Every part's name, in the order the ledger runs them."""
+    seeded = [f"{name}_seed{seed}" for name in SEEDED_PARTS for seed in finetune_seeds]
+    return [*PARTS, *seeded]
+
+
+def planned_parts(context: LedgerContext) -> dict[str, Callable[[], pd.DataFrame]]:
+    """Part name -> its computation on ``context`` (:func:`part_names` order); the parts are
+    looked up when called, so a replaced entry of :data:`PARTS` is the one that runs."""
+    plan: dict[str, Callable[[], pd.DataFrame]] = {
+        name: functools.partial(lambda n: PARTS[n](context), name) for name in PARTS
+    }
+    for name in SEEDED_PARTS:
+        for seed in context.finetune_seeds:
+            run = functools.partial(lambda n, s: SEEDED_PARTS[n](context, s), name, seed)
+            plan[f"{name}_seed{seed}"] = run
+    return plan
+
 
 __all__ = [
     "FORGET_TASKS",
     "ITEM_COLUMNS",
     "PARTS",
+    "SEEDED_PARTS",
     "LedgerContext",
     "ablation_settings",
     "ledger_tasks",
+    "part_names",
+    "planned_parts",
     "score",
 ]
