@@ -30,7 +30,6 @@ from unlearn_interp.analysis.adaptive import (
     training_curves,
 )
 from unlearn_interp.analysis.noise import noise_sensitivity
-from unlearn_interp.analysis.probes import Readouts, layer_probes, organism_readouts, readouts
 from unlearn_interp.analysis.profile import PromptSets, layer_profile
 from unlearn_interp.analysis.similarity import linear_cka, representation_similarity
 from unlearn_interp.analysis.sweeps import (
@@ -51,19 +50,15 @@ __all__ = [
     "MCQSetup",
     "Point",
     "PromptSets",
-    "Readouts",
     "Rows",
     "Scalar",
     "coefficient_sweep",
     "cos_distribution",
     "forget_norm_by_layer",
-    "layer_probes",
     "layer_profile",
     "layer_sweep",
     "linear_cka",
     "noise_sensitivity",
-    "organism_readouts",
-    "readouts",
     "representation_similarity",
     "restored_weights",
     "run_sweep",
