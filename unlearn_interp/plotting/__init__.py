@@ -19,7 +19,8 @@ otherwise it logs one sentence saying how to enable it and returns the files it 
 The modules, one job each: ``style`` (sizes, colours, labels, axes, column checks), ``layers``
 (layer profiles), ``accuracy`` (accuracy bars, gap recovered), ``training`` (RMU training
 curves), ``distributions`` (histograms), ``sweeps`` (coefficient, layer and noise sweeps),
-``tables`` (generations side by side), ``ledger`` (the recovery ledger) and ``export``
+``tables`` (generations side by side), ``ledger`` (the recovery ledger), ``depth`` (the
+depth profile: probes, logit lens, CKA, norms and cosines per layer) and ``export``
 (HTML/PNG files, browser discovery).
 """
 
@@ -30,6 +31,7 @@ from unlearn_interp.plotting.accuracy import (
     plot_accuracy_bars,
     plot_gap_recovered,
 )
+from unlearn_interp.plotting.depth import plot_depth_profile
 from unlearn_interp.plotting.distributions import plot_cos_histograms, plot_maxlogit_histograms
 from unlearn_interp.plotting.export import (
     ENABLE_STATIC_HINT,
@@ -92,6 +94,7 @@ __all__ = [
     "plot_accuracy_bars",
     "plot_accuracy_vs_coef",
     "plot_cos_histograms",
+    "plot_depth_profile",
     "plot_forget_norm_by_layer",
     "plot_gap_recovered",
     "plot_layer_cosines",
