@@ -2,6 +2,8 @@
 
 * :mod:`.profile`: :func:`layer_profile`, the blog's per-layer picture (mean residual norm and
   cosine to the reference variant per layer, forget and retain prompts side by side).
+* :mod:`.similarity`: :func:`representation_similarity`, linear CKA (:func:`linear_cka`) and
+  mean cosine between the reference variant's residual stream and each variant's, per layer.
 * :mod:`.sweeps`: the one sweep engine, :func:`run_sweep` / :func:`run_sweep_tables`: a
   measurement at each point, rows stacked, the table written as it goes, an interrupted sweep
   resumed.
