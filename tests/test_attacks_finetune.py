@@ -11,12 +11,13 @@ from unlearn_interp import evaluation, models
 from unlearn_interp.attacks.finetune import (
     FinetuneConfig,
     finetune_curve,
+    finetuned_variant,
     lr_grid,
     relearning_attack,
     text_batches,
 )
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.variants import Variant
+from unlearn_interp.variants import Variant, applied
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -82,6 +83,22 @@ def test_training_lowers_the_loss_on_its_text(tiny_model):
     cfg = FinetuneConfig(steps=10, lr=1e-2, batch_size=3, max_len=32, eval_every=10)
     curve = finetune_curve(tiny_model, None, TEXTS, cfg, _loss(TEXTS))
     assert curve["loss"].iloc[-1] < curve["loss"].iloc[0] - 0.5
+
+
+def test_finetuned_variant_keeps_the_trained_weights_and_restores_the_model(tiny_model):
+    before = _state(tiny_model)
+    cfg = FinetuneConfig(steps=10, lr=1e-2, batch_size=3, max_len=32, eval_every=2)
+    tuned = finetuned_variant(tiny_model, Variant("start"), TEXTS, cfg, "tuned")
+    _assert_identical(tiny_model, before)
+    assert tuned.name == "tuned" and set(tuned.weights) == set(before)
+    losses = {}
+    for variant in (Variant("start"), tuned):
+        with applied(variant, tiny_model):
+            losses[variant.name] = _loss(TEXTS)(tiny_model)["loss"]
+    curve = finetune_curve(tiny_model, None, TEXTS, cfg, _loss(TEXTS))
+    assert losses["start"] == pytest.approx(curve["loss"].iloc[0])
+    assert losses["tuned"] == pytest.approx(curve["loss"].iloc[-1])  # the same run, kept
+    assert losses["tuned"] < losses["start"] - 0.5
 
 
 def test_mlp_out_trains_only_w_out(tiny_model):

@@ -28,6 +28,7 @@ from unlearn_interp.attacks.finetune import (
     FinetuneConfig,
     benign_finetune,
     finetune_curve,
+    finetuned_variant,
     lr_grid,
     relearning_attack,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "FinetuneConfig",
     "benign_finetune",
     "finetune_curve",
+    "finetuned_variant",
     "lr_grid",
     "per_layer_ablation",
     "per_layer_units",

@@ -42,7 +42,7 @@ from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.evaluation.mcq import accuracy_table
 from unlearn_interp.models import Model
-from unlearn_interp.variants import Variant, applied, restored_weights
+from unlearn_interp.variants import Variant, applied, restored_weights, snapshot_weights
 
 PARAMS = ("all", "mlp_out")
 Evaluate = Callable[[Model], Mapping[str, float]]
@@ -155,6 +155,28 @@ def finetune_curve(
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     rows.append(_evaluated(model, step, evaluate))
     return pd.DataFrame(rows)
+
+
+def finetuned_variant(
+    model: Model, variant: Variant, texts: Sequence[str], cfg: FinetuneConfig, name: str
+) -> Variant:
+    """``variant`` fine-tuned on ``texts`` as :func:`finetune_curve` trains it, kept as a
+    :class:`Variant` called ``name`` holding the trained tensors (every parameter ``cfg.params``
+    trains) on top of ``variant``'s hooks; the model is as it was afterwards. What lets an
+    analysis look inside a model after an attack.
+
+    >>> relearned = finetuned_variant(model, rmu, t_docs, FinetuneConfig(steps=50), "relearned")  # doctest: +SKIP
+    """
+    names = trained_names(model, cfg.params)
+    trained: dict[str, Tensor] = {}
+
+    def keep_last(network: Model) -> dict[str, float]:
+        trained.clear()
+        trained.update(snapshot_weights(network, names))
+        return {}
+
+    finetune_curve(model, variant, texts, dataclasses.replace(cfg, eval_every=cfg.steps), keep_last)
+    return dataclasses.replace(variant, name=name, weights={**variant.weights, **trained})
 
 
 def _train_step(
