@@ -4,6 +4,8 @@
   cosine to the reference variant per layer, forget and retain prompts side by side).
 * :mod:`.similarity`: :func:`representation_similarity`, linear CKA (:func:`linear_cka`) and
   mean cosine between the reference variant's residual stream and each variant's, per layer.
+* :mod:`.lens`: :func:`logit_lens`, the answer's rank, log-probability and choice accuracy as
+  each layer decodes it; :mod:`.tuned_lens`: :func:`fit_tuned_lens` and :func:`lens_kl`.
 * :mod:`.sweeps`: the one sweep engine, :func:`run_sweep` / :func:`run_sweep_tables`: a
   measurement at each point, rows stacked, the table written as it goes, an interrupted sweep
   resumed.
@@ -31,6 +33,7 @@ from unlearn_interp.analysis.adaptive import (
     layer_sweep,
     training_curves,
 )
+from unlearn_interp.analysis.lens import decision_questions, lens_items, logit_lens
 from unlearn_interp.analysis.noise import noise_sensitivity
 from unlearn_interp.analysis.profile import PromptSets, layer_profile
 from unlearn_interp.analysis.similarity import linear_cka, representation_similarity
@@ -42,6 +45,7 @@ from unlearn_interp.analysis.sweeps import (
     run_sweep,
     run_sweep_tables,
 )
+from unlearn_interp.analysis.tuned_lens import TunedLens, fit_tuned_lens, lens_kl
 from unlearn_interp.variants import restored_weights
 
 __all__ = [
@@ -54,12 +58,18 @@ __all__ = [
     "PromptSets",
     "Rows",
     "Scalar",
+    "TunedLens",
     "coefficient_sweep",
     "cos_distribution",
+    "decision_questions",
+    "fit_tuned_lens",
     "forget_norm_by_layer",
     "layer_profile",
     "layer_sweep",
+    "lens_items",
+    "lens_kl",
     "linear_cka",
+    "logit_lens",
     "noise_sensitivity",
     "representation_similarity",
     "restored_weights",
