@@ -123,7 +123,7 @@ def test_probe_row_draws_the_chosen_label_with_interval_bands_and_dashes():
     assert len(rmu_base_probe) == 1
     assert list(rmu_base_probe[0].y) == pytest.approx([0.95, 0.95, 0.4, 0.4])
     bands = [t for t in fig.data if t.fill == "tonexty"]
-    assert len(bands) == 9  # one per line
+    assert len(bands) == 6  # own and base-model probes; none for the shuffled control
     assert {t.line.dash for t in lines(fig)} == {"solid", "dash", "dot"}
     assert any(s.y0 == 0.25 and s.y1 == 0.25 for s in fig.layout.shapes)  # chance
 
@@ -147,7 +147,7 @@ def test_only_the_rows_given_are_drawn_and_the_title_states_the_cka_drop():
 
 def test_default_title_reports_the_probes_at_the_last_layer():
     fig = plotting.plot_depth_profile(probes=probes_table())
-    assert "a probe reads RMU's choice at 0.95 (base model's probe 0.40)" in (
+    assert "At layer 3 probes find RMU's answers 0.95 (own probe), 0.40 (base model's probe)" in (
         fig.layout.title.text.replace("<br>", " ")
     )
 

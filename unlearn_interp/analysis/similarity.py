@@ -112,8 +112,10 @@ def representation_similarity(
     name (``"forget"``, ``"retain"``) to its prompts; ``positions`` picks the tokens compared
     (``"last"`` real token of each prompt, ``"all"`` real tokens, or a token index); layer ``l``
     is the residual stream after block ``l``. The reference must be among ``variants`` (its rows
-    read 1 and 1). Each variant runs one forward pass per batch; the reference's residual
-    streams are kept (float32, CPU) while each other variant's are compared with them.
+    read 1 and 1). Each variant runs one forward pass per batch. The reference's residual
+    streams and one other variant's are held at a time (float32, CPU: ``2 x n_tokens x
+    n_layers x d_model`` floats), since CKA needs every token at once; with ``positions="all"``
+    on a large model, pass fewer ``layers`` or prompts.
 
     >>> sim = representation_similarity(model, [base, rmu], {"forget": f, "retain": r},
     ...                                 layers=[2, 3])                  # doctest: +SKIP
@@ -123,16 +125,17 @@ def representation_similarity(
         raise UnlearnInterpError("prompts must map at least one prompt-set name to its prompts")
     layers = layers_or_all(model, layers)
     settings = (layers, positions, batch_size, max_len)
+    reference_variant = next(v for v in variants if v.name == reference)
     rows = []
     for set_name, texts in prompts.items():
-        by_name = {v.name: v for v in variants}
-        reference_rows = _collect_rows(model, by_name[reference], texts, *settings)
+        reference_rows = _collect_rows(model, reference_variant, texts, *settings)
         for variant in variants:
             if variant.name == reference:
                 own = reference_rows
             else:
                 own = _collect_rows(model, variant, texts, *settings)
             rows += _similarity_rows(variant.name, set_name, layers, reference_rows, own)
+            del own  # hold at most two variants' streams
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 

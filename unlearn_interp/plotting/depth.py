@@ -35,6 +35,7 @@ from unlearn_interp.plotting.style import (
     colors_for,
     layer_axes,
     legend_key,
+    log_axis,
     ordered,
     style_figure,
     value_at,
@@ -54,7 +55,8 @@ SET_NAMES = {"forget": "forget prompts", "retain": "retain prompts"}
 # The logit lens names its prompt sets after the MCQ tasks; the others after RMU's corpora.
 PROMPT_SET_ALIASES = {"forget": ("forget", "hazardous"), "retain": ("retain", "benign")}
 ROW_HEIGHT = 220  # px per measurement row
-BAND_OPACITY = 0.15
+BAND_OPACITY = 0.12
+BANDED = ("own", "reference")  # the shuffled control's band would only cover the others
 LEGEND_GAP = 75  # px from the bottom row to the legend, below the layer axis title
 
 
@@ -116,7 +118,7 @@ def plot_depth_profile(
     _draw_panels(fig, panels)
     _layer_axes(fig, panels, rmu_layer)
     height = ROW_HEIGHT * len(panels) + FIG_HEIGHT - ROW_HEIGHT
-    fig = style_figure(fig, title=title or _default_title(panels, label), height=height)
+    fig = style_figure(fig, title=title or _default_title(panels), height=height)
     margin = fig.layout.template.layout.margin
     plot_height = height - margin.b - (fig.layout.margin.t or margin.t)
     fig.update_layout(legend_y=-LEGEND_GAP / plot_height)  # a fixed gap under the layer axis
@@ -233,7 +235,7 @@ def _draw_line(
     """One variant's line in one style (layers averaged over repeated rows), with its band."""
     columns = [panel.column, *(("ci_low", "ci_high") if panel.band else ())]
     means = rows.groupby("layer", as_index=False)[columns].mean().sort_values("layer")
-    if panel.band:
+    if panel.band and style in BANDED:
         _draw_band(fig, means, row, color, variant)
     fig.add_trace(
         go.Scatter(
@@ -276,7 +278,7 @@ def _draw_band(fig: go.Figure, means: pd.DataFrame, row: int, color: str, varian
 
 def _panel_axes(fig: go.Figure, panel: Panel, row: int) -> None:
     if panel.log_y:
-        fig.update_yaxes(type="log", row=row, col=1)
+        fig.update_yaxes(**log_axis(panel.table[panel.column]), row=row, col=1)
     if panel.band:
         fig.update_yaxes(range=[0, 1.05], row=row, col=1)
     if panel.y_range is not None:
@@ -316,14 +318,14 @@ def _layer_axes(fig: go.Figure, panels: list[Panel], rmu_layer: int | None) -> N
     legend_key(fig, f"RMU layer {rmu_layer}", line)
 
 
-def _default_title(panels: list[Panel], label: str, unlearned: str = "rmu") -> str:
+def _default_title(panels: list[Panel], unlearned: str = "rmu") -> str:
     """What the rows show for the unlearned variant, in numbers where the tables have them."""
     facts = []
     for panel in panels:
         if panel.column == "cka":
             facts.append(_cka_fact(panel.table, unlearned))
         elif panel.column == "accuracy":
-            facts.append(_probe_fact(panel.table, unlearned, label))
+            facts.append(_probe_fact(panel.table, unlearned))
     facts = [f for f in facts if f]
     if not facts:
         return "Depth profile: " + ", ".join(p.axis_title for p in panels) + " by layer"
@@ -345,16 +347,16 @@ def _cka_fact(similarity: pd.DataFrame, unlearned: str) -> str | None:
     return fact if retain is None else f"{fact} (retain {retain:.2f})"
 
 
-def _probe_fact(probes: pd.DataFrame, unlearned: str, label: str) -> str | None:
-    """``"at the last layer, probes read RMU's answers at 0.95 (own) and 0.40 (base probe)"``."""
+def _probe_fact(probes: pd.DataFrame, unlearned: str) -> str | None:
+    """``"at layer 3 probes find RMU's answers 0.95 (own probe), 0.40 (base model's probe)"``."""
     last = int(probes["layer"].max())
     where = {"variant": unlearned, "layer": last}
     own = value_at(probes, "accuracy", probe="own", **where)
     if own is None:
         return None
-    fact = f"at layer {last} a probe reads {variant_label(unlearned)}'s {label} at {own:.2f}"
+    fact = f"at layer {last} probes find {variant_label(unlearned)}'s answers {own:.2f} (own probe)"
     base = value_at(probes, "accuracy", probe="reference", **where)
-    return fact if base is None else f"{fact} (base model's probe {base:.2f})"
+    return fact if base is None else f"{fact}, {base:.2f} (base model's probe)"
 
 
 __all__ = ["PROBE_STYLES", "SET_STYLES", "plot_depth_profile"]
