@@ -174,6 +174,17 @@ def test_tuned_lens_is_closer_to_the_final_layer_on_held_out_text(org, texts, fi
     assert at_last["kl"].tolist() == [pytest.approx(0.0, abs=1e-6)]  # the last layer IS the model
 
 
+def test_max_tokens_subsamples_the_tokens_of_each_step(org, texts, fitted):
+    kwargs = dict(layers=[MIDDLE], steps=60, progress=False)
+    roomy = fit_tuned_lens(org.model, texts["train"], max_tokens=10**6, **kwargs)
+    assert torch.equal(roomy.A, fitted.A) and torch.equal(roomy.b, fitted.b)  # nothing dropped
+    sampled = fit_tuned_lens(org.model, texts["train"], max_tokens=32, **kwargs)
+    assert not torch.equal(sampled.A, fitted.A) and sampled.settings["max_tokens"] == 32
+    held_out = texts["held_out"]
+    logit = lens_kl(org.model, None, held_out, layers=[MIDDLE])["kl"].item()
+    assert lens_kl(org.model, sampled, held_out)["kl"].item() < logit
+
+
 def test_fitting_leaves_the_model_untouched(org, texts):
     """No weight moves and no gradient reaches the model (whatever .grad earlier training left)."""
     params = dict(org.model.named_parameters())

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -188,13 +188,18 @@ def check_lens_covers(lens: TunedLens | None, layers: Sequence[int], model: Mode
 
 
 def _final_targets(
-    model: Model, batch: data.Batch, layers: Sequence[int], variant: Variant | None
+    model: Model,
+    batch: data.Batch,
+    layers: Sequence[int],
+    variant: Variant | None,
+    select: Bool[Tensor, "batch pos"] | None = None,
 ) -> tuple[Float[Tensor, "n_layers n_tokens d_model"], Float[Tensor, "n_tokens d_vocab"]]:
-    """The residual stream after each of ``layers`` at every real token of a batch, and the
-    model's own next-token log-probabilities there (the final layer decoded), without grad."""
+    """The residual stream after each of ``layers`` at the ``select``ed tokens of a batch
+    (default: every real token), and the model's own next-token log-probabilities there (the
+    final layer decoded), without grad."""
     last = models.n_layers(model) - 1
     wanted = list(dict.fromkeys([*layers, last]))
-    select = select_positions(batch, "all")
+    select = select_positions(batch, "all") if select is None else select
     captured: dict[int, Tensor] = {}
 
     def keep(index: int, rows: Tensor) -> None:
@@ -204,6 +209,19 @@ def _final_targets(
     with torch.no_grad(), applied(variant, model):
         target = decode_logprobs(model, captured[last], last)
     return torch.stack([captured[layer] for layer in layers]), target
+
+
+def _keep_at_most(
+    select: Bool[Tensor, "batch pos"], max_tokens: int | None, generator: torch.Generator
+) -> Bool[Tensor, "batch pos"]:
+    """``select`` with all but ``max_tokens`` of its tokens dropped at random (None: all)."""
+    where = select.nonzero()
+    if max_tokens is None or len(where) <= max_tokens:
+        return select
+    chosen = where[torch.randperm(len(where), generator=generator)[:max_tokens].to(where.device)]
+    kept = torch.zeros_like(select)
+    kept[chosen[:, 0], chosen[:, 1]] = True
+    return kept
 
 
 def _kl_per_token(
@@ -252,6 +270,7 @@ def fit_tuned_lens(
     lr: float = 1e-3,
     batch_size: int = 8,
     max_len: int = 64,
+    max_tokens: int | None = None,
     seed: int = 0,
     variant: Variant | None = None,
     progress: bool = True,
@@ -260,15 +279,19 @@ def fit_tuned_lens(
     the start, so step 0 is the logit lens) minimising KL(the model's next-token distribution
     || the lens's), averaged over every real token, summed over layers, with Adam. The model
     (under ``variant``) is frozen: its forward pass runs without grad and only ``A`` and ``b``
-    train. ``settings`` records the arguments, the first and last loss and the seconds taken.
+    train. ``max_tokens`` caps the real tokens of a step (drawn at random): the vocabulary-sized
+    tensors cost the most on a real model. ``settings`` records the arguments, the first and
+    last loss and the seconds taken.
 
     >>> lens = fit_tuned_lens(model, org.retain_corpus, steps=200)  # doctest: +SKIP
     """
     texts, layers = _check_texts(texts), lens_layers(model, layers)
     steps, max_len = check_int(steps, "steps", minimum=1), check_int(max_len, "max_len", minimum=2)
     check_batch_size(batch_size)
+    if max_tokens is not None:
+        check_int(max_tokens, "max_tokens", minimum=1)
     lr, started = _check_lr(lr), time.perf_counter()
-    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     device, d = models.model_device(model), models.d_model(model)
     A = torch.zeros(len(layers), d, d, device=device, requires_grad=True)
     b = torch.zeros(len(layers), d, device=device, requires_grad=True)
@@ -277,10 +300,11 @@ def fit_tuned_lens(
     batches = _text_batches(model, texts, steps, batch_size, max_len, seed)
     for batch in tqdm(batches, total=steps, desc="tuned lens", disable=not progress or None):
         optimizer.zero_grad(set_to_none=True)
-        losses.append(_lens_step(model, batch, layers, variant, A, b))
+        select = _keep_at_most(select_positions(batch, "all"), max_tokens, generator)
+        losses.append(_lens_step(model, batch, select, layers, variant, (A, b)))
         optimizer.step()
     settings = {"steps": steps, "lr": lr, "batch_size": batch_size, "max_len": max_len,
-                "seed": seed, "n_texts": len(texts), "variant": variant.name if variant else None,
+                "max_tokens": max_tokens, "seed": seed, "n_texts": len(texts), "variant": variant.name if variant else None,
                 "model_name": models.model_name(model), "first_loss": losses[0],
                 "final_loss": losses[-1], "seconds": time.perf_counter() - started,
                 "versions": library_versions()}  # fmt: skip
@@ -290,14 +314,15 @@ def fit_tuned_lens(
 def _lens_step(
     model: Model,
     batch: data.Batch,
+    select: Bool[Tensor, "batch pos"],
     layers: Sequence[int],
     variant: Variant | None,
-    A: Float[Tensor, "n_lens d_model d_model"],
-    b: Float[Tensor, "n_lens d_model"],
+    translators: tuple[Tensor, Tensor],
 ) -> float:
-    """Accumulate the gradient of the summed per-layer KL into ``A`` and ``b`` (one layer's
-    vocabulary-sized tensors at a time) and return the loss."""
-    hidden, target = _final_targets(model, batch, layers, variant)
+    """Accumulate the gradient of the summed per-layer KL at the ``select``ed tokens into the
+    translators ``(A, b)`` (one layer's vocabulary-sized tensors at a time); return the loss."""
+    A, b = translators
+    hidden, target = _final_targets(model, batch, layers, variant, select)
     total = 0.0
     with applied(variant, model):
         for i, layer in enumerate(layers):
