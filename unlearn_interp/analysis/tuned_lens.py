@@ -5,13 +5,15 @@ next-token distribution; and the KL that says whether it beats the plain logit l
 :class:`TunedLens` holds the translators ``h -> h + A_l h + b_l`` (``A = b = 0`` is the plain
 logit lens, nostalgebraist 2020) and saves them as safetensors + JSON; :func:`fit_tuned_lens`
 fits them on retain text with the model frozen; :func:`lens_kl` measures the mean KL to the
-final layer on held-out text, for the logit lens and the tuned one; :func:`decode_logprobs` is
-the one place a residual stream is decoded. Layer ``l`` is the residual stream *after* block
-``l``. :mod:`.lens` scores multiple-choice answers through either lens.
+final layer on held-out text, through the logit lens (``lens=None``) or a tuned one;
+:func:`decode_logprobs` is the one place a residual stream is decoded. Layer ``l`` is the
+residual stream *after* block ``l``. :mod:`.lens` scores multiple-choice answers through
+either lens.
 
     >>> lens = fit_tuned_lens(model, org.retain_corpus[:40])       # doctest: +SKIP
-    >>> kl = lens_kl(model, lens, org.retain_corpus[40:])          # layer, lens, kl, n_tokens  # doctest: +SKIP
-    >>> kl.pivot(index="layer", columns="lens", values="kl")       # doctest: +SKIP
+    >>> held_out = org.retain_corpus[40:]                          # doctest: +SKIP
+    >>> kl = pd.concat([lens_kl(model, None, held_out), lens_kl(model, lens, held_out)])  # doctest: +SKIP
+    >>> kl.pivot(index="layer", columns="lens", values="kl")       # layer x {logit, tuned}  # doctest: +SKIP
 """
 
 from __future__ import annotations
