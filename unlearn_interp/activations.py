@@ -208,6 +208,11 @@ def unembed(
     return logits
 
 
+def unembedding_vectors(model: Model, tokens: Int[Tensor, " n"]) -> Float[Tensor, "n d_model"]:
+    """Each token's column of the unembedding matrix (no final norm, no bias), a detached copy."""
+    return model.unembed.W_U[:, tokens.to(model.unembed.W_U.device)].T.detach().clone()
+
+
 def logits(model: Model, batch: data.Batch) -> Float[Tensor, "batch pos d_vocab"]:
     """The whole forward pass on a batch (on the model's device): logits at every position."""
     batch = batch.to(models.model_device(model))

@@ -35,6 +35,7 @@ from unlearn_interp.analysis.adaptive import (
 )
 from unlearn_interp.analysis.lens import decision_questions, lens_items, logit_lens
 from unlearn_interp.analysis.noise import noise_sensitivity
+from unlearn_interp.analysis.probes import Readouts, layer_probes, organism_readouts, readouts
 from unlearn_interp.analysis.profile import PromptSets, layer_profile
 from unlearn_interp.analysis.similarity import linear_cka, representation_similarity
 from unlearn_interp.analysis.sweeps import (
@@ -56,6 +57,7 @@ __all__ = [
     "MCQSetup",
     "Point",
     "PromptSets",
+    "Readouts",
     "Rows",
     "Scalar",
     "TunedLens",
@@ -64,6 +66,7 @@ __all__ = [
     "decision_questions",
     "fit_tuned_lens",
     "forget_norm_by_layer",
+    "layer_probes",
     "layer_profile",
     "layer_sweep",
     "lens_items",
@@ -71,6 +74,8 @@ __all__ = [
     "linear_cka",
     "logit_lens",
     "noise_sensitivity",
+    "organism_readouts",
+    "readouts",
     "representation_similarity",
     "restored_weights",
     "run_sweep",

@@ -58,6 +58,7 @@ from unlearn_interp.organism.pretraining import (
     pretrain,
     pretraining_texts,
 )
+from unlearn_interp.organism.values import fact_entities, value_items
 from unlearn_interp.organism.world import (
     DOMAINS,
     HAZARD_BLOCKLIST,
@@ -102,6 +103,7 @@ __all__ = [
     "cloze_prompts",
     "default_cache_dir",
     "entity_documents",
+    "fact_entities",
     "initial_model",
     "learning_rate",
     "lm_loss",
@@ -120,4 +122,5 @@ __all__ = [
     "split_items",
     "state_fact",
     "t_documents",
+    "value_items",
 ]
