@@ -4,6 +4,7 @@ resumable run directories."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -12,7 +13,8 @@ from conftest import save_hf_checkpoint
 
 from unlearn_interp import cli, models, pipeline, rmu
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.pipeline import demo
+from unlearn_interp.pipeline import demo, depth_report, ledger
+from unlearn_interp.pipeline.rundir import RunDir
 
 RUN_FILES = [
     "config.json", "metrics.json", "report.md", "control_vectors.safetensors",
@@ -101,14 +103,51 @@ def test_interrupted_demo_resumes_from_finished_steps(organism_test, tmp_path, m
 
     monkeypatch.setattr(demo, "step_layer_profile", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run_demo(tmp_path, size="test", cache_dir=cache, progress=False, ledger=False)
+        pipeline.run_demo(
+            tmp_path, size="test", cache_dir=cache, progress=False, ledger=False, depth=False
+        )
     assert (tmp_path / "tables/accuracy.csv").is_file()
     assert not (tmp_path / "tables/layer_profile.csv").exists()
     assert not list(tmp_path.rglob("*.tmp"))  # no half-written artifact
     monkeypatch.setattr(demo, "step_layer_profile", real)
     monkeypatch.setattr(rmu, "train_rmu", lambda *a, **k: pytest.fail("RMU retrained on resume"))
-    pipeline.run_demo(tmp_path, size="test", cache_dir=cache, progress=False, ledger=False)
+    pipeline.run_demo(
+        tmp_path, size="test", cache_dir=cache, progress=False, ledger=False, depth=False
+    )
     assert (tmp_path / "metrics.json").is_file()
+
+
+DEPTH_FILES = ["tables/depth_probes.csv", "tables/depth_lens.csv", "tables/depth_lens_kl.csv",
+               "tables/depth_similarity.csv", "figures/depth_profile.html"]  # fmt: skip
+
+
+def test_demo_depth_profile_has_its_tables_section_and_metrics(demo_run):
+    out, metrics = demo_run
+    assert [name for name in DEPTH_FILES if not (out / name).is_file()] == []
+    report = (out / "report.md").read_text()
+    assert report.count(depth_report.SECTION) == 1 and "figures/depth_profile.html" in report
+    entry = json.loads((out / "metrics.json").read_text())["depth"]
+    assert entry == metrics["depth"]
+    assert {"base", "rmu", "rmu_ablated", "rmu_rtn4", "rmu_relearned"} <= set(entry["variants"])
+    probes = pd.read_csv(out / "tables/depth_probes.csv")
+    base = probes[(probes.variant == "base") & (probes.label == "choice")]
+    last = base[base.layer == base.layer.max()].set_index("probe")
+    assert last.loc["own", "accuracy"] >= 0.9  # issue 14: the base model's answer is readable
+    assert last.loc["shuffled", "accuracy"] <= last.loc["shuffled", "chance"] + 0.1
+
+
+def test_depth_section_goes_before_the_ledger_and_replaces_an_older_one(demo_run, tmp_path):
+    out, _ = demo_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    report = run / "report.md"
+    body = report.read_text().split(f"\n{depth_report.SECTION}\n")[0]
+    report.write_text(f"{body}\n\n{depth_report.SECTION}\nold\n\n{ledger.SECTION}\nledger rows\n")
+    depth_report.write_depth_section(RunDir(run), layer=2)
+    text = report.read_text()
+    assert text.count(depth_report.SECTION) == 1 and "\nold\n" not in text
+    assert text.index(depth_report.SECTION) < text.index(ledger.SECTION)
+    assert text.endswith("ledger rows\n")
 
 
 def test_resuming_with_other_settings_is_refused(demo_run, organism_test):

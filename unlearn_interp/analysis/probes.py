@@ -105,6 +105,21 @@ class Readouts:
         """The accuracy of a uniform guess among each question's candidates."""
         return 1.0 / self.rows.shape[1]
 
+    @classmethod
+    def concat(cls, sets: Sequence[Readouts]) -> Readouts:
+        """The questions of ``sets`` one after the other (every set with as many candidates)."""
+        widths = {s.rows.shape[1] for s in sets}
+        if len(widths) != 1:
+            raise UnlearnInterpError(f"readouts with {sorted(widths)} candidates cannot be joined")
+        offsets = np.cumsum([0, *(len(s.contexts) for s in sets[:-1])])
+        return cls(
+            tuple(c for s in sets for c in s.contexts),
+            torch.cat([s.rows + int(o) for s, o in zip(sets, offsets, strict=True)]),
+            torch.cat([s.tokens for s in sets]),
+            torch.cat([s.answers for s in sets]),
+            tuple(g for s in sets for g in s.groups),
+        )
+
 
 def deciding_positions(continuations: Sequence[Sequence[int]]) -> list[int]:
     """For each continuation, the first position at which it differs from every other one

@@ -49,6 +49,21 @@ class QuestionSet:
     def __len__(self) -> int:
         return len(self.contexts)
 
+    @classmethod
+    def concat(cls, sets: Sequence[QuestionSet]) -> QuestionSet:
+        """The questions of ``sets`` one after the other (every set with as many choices)."""
+        widths = {s.choice_tokens.shape[1] for s in sets}
+        if len(widths) != 1:
+            raise UnlearnInterpError(
+                f"question sets with {sorted(widths)} choices cannot be joined"
+            )
+        return cls(
+            tuple(c for s in sets for c in s.contexts),
+            torch.cat([s.choice_tokens for s in sets]),
+            torch.cat([s.answers for s in sets]),
+            tuple(g for s in sets for g in s.groups),
+        )
+
     def answer_tokens(self) -> Int[Tensor, " n_questions"]:
         """The first token of each question's correct choice."""
         return self.choice_tokens[torch.arange(len(self)), self.answers]

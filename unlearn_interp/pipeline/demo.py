@@ -34,6 +34,12 @@ from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.data import QA_TEMPLATE, MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.models import Model
+from unlearn_interp.pipeline.depth import DepthSettings, organism_depth_inputs, step_depth
+from unlearn_interp.pipeline.depth_report import (
+    depth_metrics,
+    read_depth_tables,
+    write_depth_section,
+)
 from unlearn_interp.pipeline.figures import FIGURE_NAMES, demo_figures
 from unlearn_interp.pipeline.ledger import LedgerSettings, ledger_metrics, run_ledger
 from unlearn_interp.pipeline.metrics import demo_metrics
@@ -219,14 +225,17 @@ def run_demo(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     ledger: bool | LedgerSettings = True,
+    depth: bool | DepthSettings = True,
 ) -> dict[str, Any]:
     """The whole story on the model organism; returns ``metrics.json``'s content.
 
     The organism is pretrained and cached in float32 on the CPU; ``device`` and ``dtype`` say
     where and in what precision the demo runs it (a dtype other than float32 is recorded in the
-    run's settings, so a run is never resumed in another precision). ``ledger`` (True: the
-    default :class:`LedgerSettings`) runs the recovery ledger on the run last: its section
-    ends report.md and metrics.json gains a ``"ledger"`` entry, every other key as without it.
+    run's settings, so a run is never resumed in another precision). ``depth`` (True: the
+    default :class:`DepthSettings`) adds the depth profile after the analysis and ``ledger``
+    (True: the default :class:`LedgerSettings`) runs the recovery ledger on the run last:
+    each adds its report.md section and a metrics.json entry (``"depth"``, ``"ledger"``),
+    every other key as without them.
 
     >>> metrics = run_demo("runs/demo", size="test")                        # doctest: +SKIP
     """
@@ -247,12 +256,32 @@ def run_demo(
     step_unlearn(run, exp.model, cfg, [org.forget_corpus], [org.retain_corpus], progress)
     title = f"RMU is mostly shallow: the model organism ({size})"
     metrics = run_analysis(run, exp, title, DEMO_TARGETS)
+    if depth:
+        chosen_depth = depth if isinstance(depth, DepthSettings) else DepthSettings()
+        metrics = step_depth_report(run, org, chosen_depth, progress, metrics)
     if ledger:
         chosen = ledger if isinstance(ledger, LedgerSettings) else LedgerSettings()
         metrics = step_ledger(run, org, chosen, cache_dir, force, progress, metrics)
     log.info(
         "demo finished in %.1f s; see %s", time.perf_counter() - start, run.path(RunFiles.REPORT)
     )
+    return metrics
+
+
+def step_depth_report(
+    run: RunDir,
+    org: organism.Organism,
+    settings: DepthSettings,
+    progress: bool,
+    metrics: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The depth profile of the demo's run (its report section and a ``"depth"`` entry in
+    metrics.json)."""
+    inputs = organism_depth_inputs(org, settings.seed)
+    step_depth(run, org.model, RunVariants(run), inputs, settings, progress)
+    write_depth_section(run, org.rmu_layer)
+    metrics = {**metrics, "depth": depth_metrics(read_depth_tables(run), org.rmu_layer)}
+    artifacts.write_json(run.path(RunFiles.METRICS), metrics)
     return metrics
 
 

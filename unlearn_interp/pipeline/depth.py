@@ -1,0 +1,223 @@
+"""The depth profile step: where in the network the forgotten knowledge still is, layer by
+layer, for the base model, the unlearned one, its ablations and the attacked models.
+
+Four measurements of :mod:`unlearn_interp.analysis` at every layer, each a table of the run:
+
+* linear probes (:func:`analysis.layer_probes`): is the answer still linearly readable
+  (``own``), does the base model's readout still work (``reference``), a shuffled-label control;
+* the logit lens and a tuned lens fitted on retain text (:func:`analysis.logit_lens`,
+  :func:`analysis.fit_tuned_lens`), and whether the tuned lens is closer to the model's own
+  output than the plain one (:func:`analysis.lens_kl` on held-out retain text);
+* linear CKA and mean cosine to the base model, forget vs retain prompts
+  (:func:`analysis.representation_similarity`);
+
+and one figure (:func:`plotting.plot_depth_profile`), with the run's layer profile (junk norm
+and cosine) as its last rows. :func:`step_depth` is the resumable step both demos run;
+:func:`organism_depth_inputs` and :func:`study_depth_inputs` say what it reads on each.
+
+    >>> step_depth(run, org.model, RunVariants(run), organism_depth_inputs(org))   # doctest: +SKIP
+    >>> pd.read_csv("runs/demo/tables/depth_probes.csv").query("probe == 'own'")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+import unlearn_interp.pipeline.steps as steps
+from unlearn_interp import analysis, attacks, organism, plotting
+from unlearn_interp.analysis.lens import decision_questions
+from unlearn_interp.analysis.probes import Readouts, organism_readouts, readouts
+from unlearn_interp.analysis.questions import QuestionSet
+from unlearn_interp.artifacts import RunFiles
+from unlearn_interp.attacks.finetune import FinetuneConfig
+from unlearn_interp.models import Model
+from unlearn_interp.organism.oracle import split_facts, t_documents
+from unlearn_interp.pipeline.depth_report import FIGURE, TABLES
+from unlearn_interp.pipeline.run_variants import RunVariants
+from unlearn_interp.pipeline.rundir import FIGURES, RunDir
+from unlearn_interp.variants import Variant
+
+log = logging.getLogger(__name__)
+
+# The run's own variants the profile shows, when the run has them.
+RUN_VARIANTS = ("base", "rmu", "rmu_ablated", "rmu_subspace_ablated")
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthSettings:
+    """How the depth step measures: ``n_folds`` entity folds and ``n_boot`` bootstrap draws for
+    the probes (seeded by ``seed``); the tuned lens trained ``lens_steps`` steps on the first
+    ``lens_texts`` retain texts and compared with the logit lens on the next ``lens_texts``
+    (half the retain texts each when there are fewer);
+    the attacked models shown beside the run's variants: the unlearned model quantised to
+    ``quantize_bits`` (None: not shown) and fine-tuned by ``relearn`` on the relearning text
+    (None, or no relearning text: not shown). Similarity compares every real token of the
+    prompts (``similarity_positions``; CKA on a handful of last tokens is biased upwards).
+    ``layers`` (None: every layer) are the layers measured, the tuned lens's included;
+    ``n_shuffles`` the shuffled-label control's draws; ``lens_max_tokens`` caps the tokens per
+    tuned-lens step (None: every token). ``batch_size`` is the forward batch."""
+
+    layers: tuple[int, ...] | None = None
+    n_folds: int = 5
+    n_shuffles: int = 5
+    n_boot: int = 1000
+    seed: int = 0
+    batch_size: int = 32
+    lens_steps: int = 200
+    lens_texts: int = 64
+    lens_max_tokens: int | None = None
+    quantize_bits: int | None = 4
+    relearn: FinetuneConfig | None = FinetuneConfig(steps=50, lr=1e-3, params="all")
+    similarity_positions: str = "all"
+
+
+@dataclasses.dataclass
+class DepthInputs:
+    """What the depth step reads besides the run's variants: the forget questions as probes
+    read them (label -> readouts), the forget and retain questions as the lens reads them
+    (prompt set -> questions), forget and retain prompts for the similarity, retain text for
+    the tuned lens, the relearning text (about half the forget facts; None: no relearned
+    model) and the RMU layer (a line in the figure)."""
+
+    probe_sets: Mapping[str, Readouts | QuestionSet]
+    lens_sets: Mapping[str, QuestionSet]
+    prompts: Mapping[str, Sequence[str]]
+    lens_texts: Sequence[str]
+    layer: int
+    relearn_texts: Sequence[str] | None = None
+
+
+def step_depth(
+    run: RunDir,
+    model: Model,
+    variants: RunVariants,
+    inputs: DepthInputs,
+    settings: DepthSettings | None = None,
+    progress: bool = True,
+) -> None:
+    """The depth profile of the run's variants and attacked models: the :data:`TABLES` and
+    ``figures/depth_profile.html``, resumable like every step."""
+    settings = settings or DepthSettings()
+
+    def compute() -> None:
+        chosen = depth_variants(model, variants, inputs, settings)
+        tables = depth_tables(model, chosen, inputs, settings, progress)
+        for name, table in tables.items():
+            run.write_table(name, table)
+        steps.save_figures(run, {FIGURE: depth_figure(run, tables, inputs.layer)})
+
+    outputs = [RunFiles.table(name) for name in TABLES] + [f"{FIGURES}/{FIGURE}.html"]
+    run.step("depth", outputs, compute)
+
+
+def depth_variants(
+    model: Model, variants: RunVariants, inputs: DepthInputs, settings: DepthSettings
+) -> list[Variant]:
+    """The run's variants of :data:`RUN_VARIANTS` it has, then the attacked unlearned models:
+    quantised (``rmu_rtn<bits>``) and relearned on the relearning text (``rmu_relearned``)."""
+    available = variants.available()
+    chosen = list(variants.variants([n for n in RUN_VARIANTS if n in available]).values())
+    rmu = variants.variant("rmu")
+    if settings.quantize_bits is not None:
+        bits = settings.quantize_bits
+        chosen.append(attacks.quantized_variant(model, rmu, bits, name=f"rmu_rtn{bits}"))
+    if settings.relearn is not None and inputs.relearn_texts:
+        cfg = dataclasses.replace(settings.relearn, seed=settings.seed)
+        relearned = attacks.finetuned_variant(
+            model, rmu, inputs.relearn_texts, cfg, "rmu_relearned"
+        )
+        chosen.append(relearned)
+    return chosen
+
+
+def depth_tables(
+    model: Model,
+    variants: Sequence[Variant],
+    inputs: DepthInputs,
+    settings: DepthSettings,
+    progress: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Every measurement of the profile, by table name (:data:`TABLES`)."""
+    n = min(settings.lens_texts, len(inputs.lens_texts) // 2)  # the held-out half as large
+    fit_texts, held_out = list(inputs.lens_texts[:n]), list(inputs.lens_texts[n : 2 * n])
+    layers = settings.layers
+    lens = analysis.fit_tuned_lens(model, fit_texts, layers=layers, steps=settings.lens_steps,
+                                   max_tokens=settings.lens_max_tokens, seed=settings.seed,
+                                   progress=progress)  # fmt: skip
+    kl = pd.concat([analysis.lens_kl(model, None, held_out, layers),
+                    analysis.lens_kl(model, lens, held_out, layers)], ignore_index=True)  # fmt: skip
+    probes = analysis.layer_probes(
+        model, variants, inputs.probe_sets, layers=layers, n_folds=settings.n_folds,
+        seed=settings.seed, n_shuffles=settings.n_shuffles, n_boot=settings.n_boot,
+        batch_size=settings.batch_size, progress=progress,
+    )  # fmt: skip
+    lens_table = analysis.logit_lens(model, variants, inputs.lens_sets, layers=layers, lens=lens,
+                                     batch_size=settings.batch_size, n_boot=settings.n_boot,
+                                     seed=settings.seed)  # fmt: skip
+    similarity = analysis.representation_similarity(
+        model, variants, inputs.prompts, layers=layers, positions=settings.similarity_positions,
+        batch_size=settings.batch_size,
+    )  # fmt: skip
+    return dict(zip(TABLES, (probes, lens_table, kl, similarity), strict=True))
+
+
+def depth_figure(run: RunDir, tables: Mapping[str, pd.DataFrame], layer: int) -> Any:
+    """The depth profile figure, with the run's layer profile (junk norm and cosine) when it
+    has one."""
+    profile_file = run.path(RunFiles.LAYER_PROFILE)
+    profile = pd.read_csv(profile_file) if profile_file.is_file() else None
+    return plotting.plot_depth_profile(
+        probes=tables["depth_probes"], lens=tables["depth_lens"],
+        similarity=tables["depth_similarity"], profile=profile, rmu_layer=layer,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# What each demo reads
+# ---------------------------------------------------------------------------------------------
+
+
+def organism_depth_inputs(org: organism.Organism, seed: int = 0) -> DepthInputs:
+    """The organism's hazardous questions (choices and attribute values) and benign ones,
+    its hazardous and benign prompts, its retain corpus for the tuned lens, and the
+    documents about the T half of the hazardous entities (the ledger's split with ``seed``)
+    for the relearned model."""
+    groups = {d: organism.fact_entities(org, d) for d in ("hazardous", "benign")}
+    lens_sets = {
+        name: decision_questions(
+            org.model, org.mcq[domain], org.mcq_mode, org.qa_template, groups[domain]
+        )  # fmt: skip
+        for name, domain in (("forget", "hazardous"), ("retain", "benign"))
+    }
+    return DepthInputs(
+        probe_sets=organism_readouts(org, "hazardous"), lens_sets=lens_sets,
+        prompts={"forget": org.hazardous_prompts, "retain": org.benign_prompts},
+        lens_texts=org.retain_corpus, layer=org.rmu_layer,
+        relearn_texts=t_documents(org, split_facts(org.world, seed=seed)),
+    )  # fmt: skip
+
+
+def study_depth_inputs(
+    model: Model, tasks: Mapping[str, steps.Task], forget: Sequence[str], retain: Sequence[str],
+    prompts: Mapping[str, Sequence[str]], lens_texts: Sequence[str], layer: int,
+) -> DepthInputs:  # fmt: skip
+    """A real-model study's questions: the forget tasks ``forget`` (probes and lens) and the
+    retain tasks ``retain`` (lens), each question its own group; no relearned model (its
+    fine-tuning costs minutes on a 135M model: the ledger has it)."""
+    lens_sets = {"forget": _joined(model, tasks, forget, decision_questions),
+                 "retain": _joined(model, tasks, retain, decision_questions)}  # fmt: skip
+    probe_sets = {"choice": _joined(model, tasks, forget, readouts)}
+    return DepthInputs(probe_sets, lens_sets, prompts, lens_texts, layer)
+
+
+def _joined(model: Model, tasks: Mapping[str, steps.Task], names: Sequence[str], build: Any) -> Any:
+    """The questions of the tasks ``names`` as one set built by ``build`` (``readouts`` or
+    ``decision_questions``), each question its own group (task and index)."""
+    parts = [build(model, tasks[name].items, tasks[name].mode, tasks[name].prompt_template,
+                   [f"{name}:{i}" for i in range(len(tasks[name].items))]) for name in names]  # fmt: skip
+    return parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)
