@@ -39,6 +39,8 @@ VARIANT_COLORS = {
     "rmu_random_subspace_ablated": "#bcbd22",
     "base_ablated": "#aec7e8",
     "base_subspace_ablated": "#9edae5",
+    "rmu_rtn4": "#8c564b",
+    "rmu_relearned": "#e377c2",
 }
 VARIANT_LABELS = {
     "base": "base",
@@ -51,6 +53,8 @@ VARIANT_LABELS = {
     "rmu_random_subspace_ablated": "RMU, random subspace ablated",
     "base_ablated": "base, junk ablated",
     "base_subspace_ablated": "base, junk subspace ablated",
+    "rmu_rtn4": "RMU, 4-bit quantised",
+    "rmu_relearned": "RMU, relearned on T",
 }
 PROMPT_SET_ORDER = ("forget", "retain")
 TASK_ORDER = ("hazardous", "benign", "wmdp_bio", "wmdp_cyber", "mmlu")  # tasks left to right
@@ -113,7 +117,8 @@ def variant_label(name: object) -> str:
 
 def colors_for(names: Sequence) -> dict:
     """Fixed colours for known variants, the qualitative palette in order for the rest."""
-    spare = [c for c in qualitative.D3 + qualitative.Dark2 if c not in VARIANT_COLORS.values()]
+    fixed = {c.lower() for c in VARIANT_COLORS.values()}
+    spare = [c for c in qualitative.D3 + qualitative.Dark2 if c.lower() not in fixed]
     colors, i = {}, 0
     for name in names:
         if str(name) in VARIANT_COLORS:
