@@ -13,12 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from unlearn_interp import cli, organism, pipeline, plotting
+from unlearn_interp import cli, models, organism, pipeline, plotting, real_data
+from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.attacks.finetune import FinetuneConfig
+from unlearn_interp.data import QA_TEMPLATE, MCQItem
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.pipeline import jobs, ledger, ledger_parts, steps
+from unlearn_interp.pipeline import jobs, ledger, ledger_parts, ledger_subjects, steps, study_config
 from unlearn_interp.pipeline.run_variants import RunVariants
 from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.real_data.cloze import CLOZE_TEMPLATE, cloze_items
+from unlearn_interp.variants import Variant
 
 # The organism tests share one run (a demo, its oracle twin and ledger: minutes on 2 cores), so
 # every test of it is slow; the table, report section, metrics and figure are also checked on
@@ -256,7 +260,11 @@ def test_cli_ledger_on_a_missing_run_exits_2_with_one_sentence(tmp_path, capsys)
 
 @pytest.mark.parametrize(
     "config, says",
-    [("{not json", "not valid JSON"), ('{"pipeline": {"job": "run"}}', "not an organism demo")],
+    [
+        ("{not json", "not valid JSON"),
+        ('{"pipeline": {"job": "run"}}', "not an organism or real-model demo"),
+        ('{"pipeline": {"job": "model_demo", "seeds": [0]}}', "not an organism or real-model demo"),
+    ],
 )
 def test_cli_ledger_on_a_corrupt_run_exits_2_with_one_sentence(tmp_path, capsys, config, says):
     (tmp_path / "config.json").write_text(config)
@@ -400,3 +408,188 @@ def test_report_section_and_metrics_pair_each_attack_with_its_control(tmp_path):
     ledger.write_report_section(run, table)  # replaces its own section
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# A demo report") and report.count(ledger.SECTION) == 1
+
+
+def test_report_without_an_oracle_says_so_and_reads_relearning_against_unrelated_text():
+    items = every_attack_items()
+    table = ledger.ledger_table(items[items["model"] != "oracle"], ledger_parts.FORGET_TASKS,
+                                n_boot=50)  # fmt: skip
+    section = ledger.ledger_markdown(table)
+    assert "no oracle twin" in section and "oracle twin that never saw" not in section
+    entry = ledger.ledger_metrics(table)
+    gaps = entry["gap_recovered"]
+    setting = "lr=0.001,params=all,steps=2"
+    assert gaps["relearn"][setting]["control"]["model_setting"] == (
+        f"unlearned: benign_finetune {setting}"
+    )
+    assert gaps["benign_finetune"][setting]["control"]["model_setting"] == f"base: {setting}"
+    assert entry["oracle_accuracy_before_finetuning"] == {}
+
+
+@pytest.mark.parametrize("attack", ["relearn", "benign_finetune", "quantize", "ablation"])
+def test_control_key_claims_no_oracle_without_one(attack):
+    assert ledger.control_key(attack, "junk_direction", oracle=False)[2] != "oracle"
+
+
+# ---------------------------------------------------------------------------------------------
+# The real model: a real-model demo run made on the spot with a tiny model (no download)
+# ---------------------------------------------------------------------------------------------
+
+WORDS = ["fox", "dog", "tree", "river", "stone", "cloud", "fire", "snow", "rain", "wind"]
+REAL_SETTINGS = ledger.LedgerSettings(
+    n_boot=50, batch_size=8, bits=(8,), finetune_seeds=(0,),
+    finetune=(FinetuneConfig(steps=2, lr=1e-3, eval_every=1, batch_size=4, max_len=32),),
+)  # fmt: skip
+
+
+def tiny_study(model) -> study_config.Study:
+    """A real-model study's shape on a tiny model: two forget tasks with different prompt
+    templates (one question asked twice), a letter-mode report-only forget task, a retain task."""
+    questions = [f"Which word is {w}?" for w in WORDS[:7]] + ["Which word is fox?"]
+    tasks = {
+        "sciq_x": cloze_items(questions, WORDS[:7] + ["fox"], "x"),
+        "cloze_x": cloze_items([f"The word for {w} is" for w in WORDS[:6]], WORDS[:6], "x"),
+        "mmlu_x_letter": cloze_items([f"Is it {w}?" for w in WORDS[:4]], WORDS[:4], "x"),
+        "other": cloze_items([f"Name {w} again:" for w in WORDS], WORDS, "y"),
+    }
+    modes = {name: "letter" if "letter" in name else "continuation" for name in tasks}
+    templates = {name: CLOZE_TEMPLATE if name == "cloze_x" else QA_TEMPLATE for name in tasks}
+    data = real_data.StudyData(
+        topic="x", forget_corpus=["the fox is red"] * 4, retain_corpus=["the dog ran far"] * 4,
+        tasks=tasks, task_modes=modes, task_templates=templates,
+        forget_tasks=("sciq_x", "cloze_x", "mmlu_x_letter"),
+        forget_prompts=[f"the {w} and the {w}s" for w in WORDS],
+        retain_prompts=["the dog"], generation_prompts=["the fox"], counts={}, provenance={},
+    )  # fmt: skip
+    return study_config.Study(model, data, study_config.default_arms([0]), batch_size=8,
+                              report_only=("mmlu_x_letter",))  # fmt: skip
+
+
+def make_model_demo_run(root, model, prompts) -> RunDir:
+    """A finished real-model demo run's files: settings, and seed 0's weights (block 1's MLP
+    output changed) and directions."""
+    run = RunDir(root)
+    run.check_settings({"job": "model_demo", "model": "smollm2-135m", "seeds": [0],
+                        "topic": "x", "rmu": {}})  # fmt: skip
+    sub = RunDir(root / "seeds/rmu-seed0")
+    name = models.mlp_out_param(1)
+    base = dict(model.named_parameters())[name].detach().clone()
+    models.save_weights({name: base}, sub.path(RunFiles.BASE_WEIGHTS))
+    models.save_weights({name: base + torch.randn_like(base)}, sub.path(RunFiles.UNLEARNED_WEIGHTS))
+    settings = steps.DirectionSettings(layer=1, seed=0, batch_size=8, subspace_layers=(1, 2))
+    steps.step_directions(sub, model, RunVariants(sub), prompts, settings)
+    return run
+
+
+@pytest.fixture
+def real_run(tmp_path, tiny_model):
+    loaded = tiny_study(tiny_model)
+    make_model_demo_run(tmp_path / "run", tiny_model, loaded.data.forget_prompts)
+    return tmp_path / "run", loaded
+
+
+def test_split_by_group_keeps_a_group_on_one_side_and_is_seeded():
+    items = [MCQItem(q, ["a", "b"], 0) for q in ["x", "y", "z", "x", "w", "v"]]
+    split = ledger_subjects.split_by_group(items, seed=3, key="k")
+    assert split == ledger_subjects.split_by_group(items, seed=3, key="k")
+    t, v = ({i.question for i in split[part]} for part in ("T", "V"))
+    assert not t & v and t | v == {"x", "y", "z", "w", "v"}
+    assert len(t) == 2 and len(v) == 3  # five groups: T gets the half rounded down
+    assert sum(len(p) for p in split.values()) == 6
+    with pytest.raises(UnlearnInterpError, match="at least 2 groups"):
+        ledger_subjects.split_by_group(items[:1] * 3, seed=0)
+
+
+def test_scored_items_answer_exactly_as_the_study_scores_them(tiny_model):
+    loaded = tiny_study(tiny_model)
+    for name in ("sciq_x", "cloze_x"):
+        study_task = steps.Task(loaded.data.tasks[name], **loaded.data.eval_kwargs(name))
+        ledger_task = steps.Task(ledger_subjects.as_scored(loaded, name), "continuation",
+                                 ledger_subjects.CONTEXT_TEMPLATE)  # fmt: skip
+        _, a = steps.accuracy_tables(tiny_model, [Variant("m")], {"t": study_task}, progress=False)
+        _, b = steps.accuracy_tables(tiny_model, [Variant("m")], {"t": ledger_task}, progress=False)
+        assert a["correct"].tolist() == b["correct"].tolist()
+        assert a["predicted"].tolist() == b["predicted"].tolist()
+
+
+def test_real_model_subject_splits_the_gap_tasks_and_relearns_on_t_only(tiny_model, tmp_path):
+    loaded = tiny_study(tiny_model)
+    variants = RunVariants(RunDir(tmp_path))  # read lazily: no file needed here
+    everything = {"forget_T": 100, "forget_V": 100, "retain": 4}
+    subject = ledger_subjects.model_demo_subject(variants, loaded, seed=0, items=everything)
+    tasks = subject.tasks
+    assert list(tasks) == ["forget_T", "forget_V", "retain"]
+    t, v = ({i.question for i in tasks[p].items} for p in ("forget_T", "forget_V"))
+    assert not t & v
+    # every gap task's questions (the letter-mode report-only task is not one) on one side
+    assert len(tasks["forget_T"].items) + len(tasks["forget_V"].items) == 8 + 6
+    assert sum("Which word is fox?" in q for q in v | t) == 1
+    assert len(tasks["retain"].items) == 4 and subject.controls() == {}
+    assert subject.relearn_texts == [f"{i.question} {i.choices[i.answer]}"
+                                     for i in tasks["forget_T"].items]  # fmt: skip
+    assert subject.relearn_texts[0].startswith(("Question: Which word", "The word for"))
+    assert not any(q in text for text in subject.relearn_texts for q in v)
+    capped = ledger_subjects.model_demo_subject(
+        variants, loaded, seed=0, items={"forget_T": 1, "forget_V": 2, "retain": 3}
+    )
+    sizes = ledger_subjects.task_sizes(capped.tasks)
+    assert sizes == {"forget_T": 2, "forget_V": 4, "retain": 3}  # per study task: 2 gap tasks
+    assert capped.relearn_texts == subject.relearn_texts  # relearning trains on all of T
+    assert subject.benign_texts == loaded.data.retain_corpus
+
+
+def test_real_model_ledger_attacks_the_first_seed_without_an_oracle(real_run):
+    out, loaded = real_run
+    table = ledger.run_ledger(out, settings=REAL_SETTINGS, study=loaded, progress=False)
+    assert set(table["attack"]) == ATTACKS and set(table["model"]) == {"unlearned", "base"}
+    assert set(table["task"]) == {"forget_T", "forget_V", "retain"}
+    assert table[["accuracy", "accuracy_ci_low", "accuracy_ci_high"]].notna().all().all()
+    assert sorted(set(table.loc[table["attack"] == "relearn", "step"])) == [0, 1, 2]
+    n = table.drop_duplicates("task").set_index("task")["n"]
+    assert (n["forget_T"] + n["forget_V"], n["retain"]) == (14, 10)
+    report = (out / "report.md").read_text()
+    assert report.count(ledger.SECTION) == 1 and "no oracle twin" in report
+    assert (out / "tables/ledger_finetune_seed0_per_item.csv").is_file()
+    assert not (out / "seeds/rmu-seed0/tables/ledger.csv").exists()
+
+
+def test_real_model_ledger_defaults_to_its_own_settings_and_loads_the_runs_study(
+    real_run, monkeypatch
+):
+    out, loaded = real_run
+    asked = {}
+
+    def fake_build(paths, seeds, topic, device, dtype):
+        asked.update(seeds=seeds, topic=topic, dtype=dtype)
+        return loaded
+
+    monkeypatch.setattr(ledger, "asset_paths", lambda cache_dir, progress: {})
+    monkeypatch.setattr(ledger, "build_study", fake_build)
+    seen = {}
+    monkeypatch.setattr(ledger, "_run_parts", lambda run, subject, settings, force: seen.update(
+        subject=subject, settings=settings) or pd.DataFrame())  # fmt: skip
+    ledger.run_ledger(out, progress=False)
+    assert asked == {"seeds": [0], "topic": "x", "dtype": torch.float32}
+    assert seen["settings"] == ledger.MODEL_DEMO_SETTINGS
+    assert seen["subject"].variants.run.root == out / "seeds/rmu-seed0"
+    assert json.loads((out / "config.json").read_text())["ledger"] == (
+        ledger.MODEL_DEMO_SETTINGS.to_dict()
+    )
+
+
+def test_cli_ledger_on_an_unfinished_real_model_demo_exits_2(real_run, capsys):
+    out, _ = real_run
+    (out / "seeds/rmu-seed0" / RunFiles.DIRECTION).unlink()
+    assert cli.main(["ledger", "--run", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "seeds/rmu-seed0/direction.safetensors" in line and "--model smollm2-135m" in line
+
+
+def test_cli_ledger_on_corrupt_real_model_weights_exits_2_before_loading(
+    real_run, capsys, monkeypatch
+):
+    out, _ = real_run
+    (out / "seeds/rmu-seed0" / RunFiles.UNLEARNED_WEIGHTS).write_bytes(b"not safetensors")
+    monkeypatch.setattr(ledger, "asset_paths", lambda *a, **k: pytest.fail("study loaded"))
+    assert cli.main(["ledger", "--run", str(out)]) == 2
+    assert "not a readable safetensors file" in one_error_line(capsys)

@@ -394,11 +394,11 @@ def _add_fetch(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
 
 def _add_ledger(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
     parser = sub.add_parser(
-        "ledger", help="every recovery attack on an organism demo run's unlearned model",
+        "ledger", help="every recovery attack on a demo run's unlearned model (organism or real)",
         description="Ablation, quantisation and fine-tuning attacks on --run's unlearned model and "
         "its controls -> tables/ledger.csv, figures/ledger.html, a report.md section (resumable).",
     )  # fmt: skip
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="organism demo run")
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a demo run")
     _add_force_option(parser, "every part of the ledger")
     _use_job(parser, jobs.ledger_job)
 

