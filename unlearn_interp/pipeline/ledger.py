@@ -417,9 +417,9 @@ def ledger_markdown(table: pd.DataFrame, figure_png: bool = False) -> str:
         f"Gap recovered on {task} (95% paired bootstrap interval over items and, for "
         "fine-tuning, its seeds; one RMU seed) "
         "by each attack on the unlearned model at its last step, beside the same for its "
-        f"control: {_controls_text(has_oracle(table))}; `base` is the attack on the base model "
-        "(the ceiling). Gap recovered = (acc - acc_unlearned) / (acc_base - acc_unlearned) on "
-        "one scale for every row, so a control can fall below 0.",
+        "control; `base` is the attack on the base model (the ceiling). Gap recovered = (acc - "
+        "acc_unlearned) / (acc_base - acc_unlearned) on one scale for every row, so a control "
+        f"can fall below 0. The controls: {_controls_text(has_oracle(table))}.",
         "",
         markdown_table(compact),
         "",
