@@ -1,6 +1,8 @@
 """The recovery ledger (pipeline.ledger, plotting.plot_ledger, ``unlearn-interp ledger``) on a
 test-size organism demo run: every attack with an interval and a control, no attack leaking
-into the next, resumable, bad runs refused in one sentence."""
+into the next, resumable, bad runs refused in one sentence; and on a real-model demo run made
+on the spot with a tiny model (T/V split by group, relearning text, no oracle, dispatch on the
+run's job, unfinished or corrupt runs refused)."""
 
 from __future__ import annotations
 
