@@ -11,6 +11,7 @@ import torch
 
 from unlearn_interp import directions, pipeline, real_data, stats, study
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.pipeline.depth import DepthSettings
 
 
 def organism_study(org) -> study.Study:
@@ -37,8 +38,24 @@ def organism_study(org) -> study.Study:
 def study_run(organism_test, tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     loaded = organism_study(organism_test)
-    metrics = study.run_study(pipeline.RunDir(out), loaded, progress=False)
+    metrics = study.run_study(pipeline.RunDir(out), loaded, progress=False, depth=DEPTH)
     return out, metrics, loaded
+
+
+# A light depth profile: the real-model settings' shape (one shuffle, no relearned model) on a
+# short tuned-lens fit.
+DEPTH = DepthSettings(n_shuffles=1, lens_steps=20, relearn=None)
+
+
+def test_study_depth_profile_covers_the_first_seed_and_its_subspace(study_run):
+    out, metrics, _ = study_run
+    probes = pd.read_csv(out / "tables/depth_probes.csv")
+    assert set(probes["variant"]) == {"base", "rmu", "rmu_ablated", "rmu_subspace_ablated",
+                                      "rmu_rtn4"}  # fmt: skip
+    lens = pd.read_csv(out / "tables/depth_lens.csv")
+    assert set(lens["prompt_set"]) == {"forget", "retain"}
+    assert json.loads((out / "metrics.json").read_text())["depth"] == metrics["depth"]
+    assert "## Depth profile" in (out / "report.md").read_text()
 
 
 def test_study_scores_every_variant_of_every_seed_on_the_same_items(study_run):
@@ -102,7 +119,7 @@ def test_study_writes_report_figures_and_resumes_without_recomputing(study_run):
     assert "Gap recovered" in report and "junk subspace (vs base)" in report
     assert json.loads((out / "metrics.json").read_text())["forget_tasks"] == ["hazardous"]
     seconds = json.loads((out / pipeline.STEP_TIMES).read_text())
-    again = study.run_study(pipeline.RunDir(out), loaded, progress=False)
+    again = study.run_study(pipeline.RunDir(out), loaded, progress=False, depth=DEPTH)
     assert json.loads((out / pipeline.STEP_TIMES).read_text()) == seconds
     assert again["accuracy"] == metrics["accuracy"]
     assert "gap recovered" in study.summary_text(again, out)

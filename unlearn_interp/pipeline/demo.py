@@ -35,11 +35,7 @@ from unlearn_interp.data import QA_TEMPLATE, MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.models import Model
 from unlearn_interp.pipeline.depth import DepthSettings, organism_depth_inputs, step_depth
-from unlearn_interp.pipeline.depth_report import (
-    depth_metrics,
-    read_depth_tables,
-    write_depth_section,
-)
+from unlearn_interp.pipeline.depth_report import with_depth
 from unlearn_interp.pipeline.figures import FIGURE_NAMES, demo_figures
 from unlearn_interp.pipeline.ledger import LedgerSettings, ledger_metrics, run_ledger
 from unlearn_interp.pipeline.metrics import demo_metrics
@@ -279,10 +275,7 @@ def step_depth_report(
     metrics.json)."""
     inputs = organism_depth_inputs(org, settings.seed)
     step_depth(run, org.model, RunVariants(run), inputs, settings, progress)
-    write_depth_section(run, org.rmu_layer)
-    metrics = {**metrics, "depth": depth_metrics(read_depth_tables(run), org.rmu_layer)}
-    artifacts.write_json(run.path(RunFiles.METRICS), metrics)
-    return metrics
+    return with_depth(run, metrics, org.rmu_layer)
 
 
 def step_ledger(

@@ -21,9 +21,11 @@ and cosine) as its last rows. :func:`step_depth` is the resumable step both demo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -76,6 +78,16 @@ class DepthSettings:
     similarity_positions: str = "all"
 
 
+# The real-model study's depth step (SmolLM2-135M, 30 layers, d_model 576, on 2 CPU cores): a
+# probe fit costs ~0.6 s and a tuned-lens step ~1 s per layer there, so every 4th-5th layer and
+# the RMU layer (7), one shuffle, and a short tuned-lens fit on few tokens; no relearned model
+# (the ledger fine-tunes it). Chosen for the run time, before any result was seen.
+REAL_MODEL_SETTINGS = DepthSettings(
+    layers=(0, 4, 7, 12, 18, 24, 29), n_shuffles=1, batch_size=16, lens_steps=40,
+    lens_texts=16, lens_max_tokens=64, relearn=None,
+)  # fmt: skip
+
+
 @dataclasses.dataclass
 class DepthInputs:
     """What the depth step reads besides the run's variants: the forget questions as probes
@@ -105,7 +117,8 @@ def step_depth(
     settings = settings or DepthSettings()
 
     def compute() -> None:
-        chosen = depth_variants(model, variants, inputs, settings)
+        with _timed("attacked models"):
+            chosen = depth_variants(model, variants, inputs, settings)
         tables = depth_tables(model, chosen, inputs, settings, progress)
         for name, table in tables.items():
             run.write_table(name, table)
@@ -142,28 +155,41 @@ def depth_tables(
     settings: DepthSettings,
     progress: bool = True,
 ) -> dict[str, pd.DataFrame]:
-    """Every measurement of the profile, by table name (:data:`TABLES`)."""
+    """Every measurement of the profile, by table name (:data:`TABLES`); how long each took
+    is logged."""
     n = min(settings.lens_texts, len(inputs.lens_texts) // 2)  # the held-out half as large
     fit_texts, held_out = list(inputs.lens_texts[:n]), list(inputs.lens_texts[n : 2 * n])
     layers = settings.layers
-    lens = analysis.fit_tuned_lens(model, fit_texts, layers=layers, steps=settings.lens_steps,
-                                   max_tokens=settings.lens_max_tokens, seed=settings.seed,
-                                   progress=progress)  # fmt: skip
-    kl = pd.concat([analysis.lens_kl(model, None, held_out, layers),
-                    analysis.lens_kl(model, lens, held_out, layers)], ignore_index=True)  # fmt: skip
-    probes = analysis.layer_probes(
-        model, variants, inputs.probe_sets, layers=layers, n_folds=settings.n_folds,
-        seed=settings.seed, n_shuffles=settings.n_shuffles, n_boot=settings.n_boot,
-        batch_size=settings.batch_size, progress=progress,
-    )  # fmt: skip
-    lens_table = analysis.logit_lens(model, variants, inputs.lens_sets, layers=layers, lens=lens,
-                                     batch_size=settings.batch_size, n_boot=settings.n_boot,
-                                     seed=settings.seed)  # fmt: skip
-    similarity = analysis.representation_similarity(
-        model, variants, inputs.prompts, layers=layers, positions=settings.similarity_positions,
-        batch_size=settings.batch_size,
-    )  # fmt: skip
+    with _timed("tuned lens fit"):
+        lens = analysis.fit_tuned_lens(model, fit_texts, layers=layers, steps=settings.lens_steps,
+                                       max_tokens=settings.lens_max_tokens, seed=settings.seed,
+                                       progress=progress)  # fmt: skip
+    with _timed("lens KL"):
+        kl = pd.concat([analysis.lens_kl(model, None, held_out, layers),
+                        analysis.lens_kl(model, lens, held_out, layers)], ignore_index=True)  # fmt: skip
+    with _timed("probes"):
+        probes = analysis.layer_probes(
+            model, variants, inputs.probe_sets, layers=layers, n_folds=settings.n_folds,
+            seed=settings.seed, n_shuffles=settings.n_shuffles, n_boot=settings.n_boot,
+            batch_size=settings.batch_size, progress=progress,
+        )  # fmt: skip
+    with _timed("logit and tuned lens"):
+        lens_table = analysis.logit_lens(model, variants, inputs.lens_sets, layers=layers,
+                                         lens=lens, batch_size=settings.batch_size,
+                                         n_boot=settings.n_boot, seed=settings.seed)  # fmt: skip
+    with _timed("similarity"):
+        similarity = analysis.representation_similarity(
+            model, variants, inputs.prompts, layers=layers,
+            positions=settings.similarity_positions, batch_size=settings.batch_size,
+        )  # fmt: skip
     return dict(zip(TABLES, (probes, lens_table, kl, similarity), strict=True))
+
+
+@contextlib.contextmanager
+def _timed(what: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    log.info("depth: %s in %.1f s", what, time.perf_counter() - start)
 
 
 def depth_figure(run: RunDir, tables: Mapping[str, pd.DataFrame], layer: int) -> Any:

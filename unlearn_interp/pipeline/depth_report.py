@@ -149,3 +149,12 @@ def write_depth_section(run: RunDir, layer: int) -> None:
     section = depth_markdown(read_depth_tables(run), layer, png)
     tail = f"\n{LEDGER_SECTION}\n{ledger}" if ledger else ""
     artifacts.write_text(path, (f"{head}\n\n{section}" if head else section) + tail)
+
+
+def with_depth(run: RunDir, metrics: Mapping[str, Any], layer: int) -> dict[str, Any]:
+    """The depth step's report section put into report.md and metrics.json with a ``"depth"``
+    entry added (:func:`depth_metrics`); returns the metrics."""
+    write_depth_section(run, layer)
+    metrics = {**metrics, "depth": depth_metrics(read_depth_tables(run), layer)}
+    artifacts.write_json(run.path(RunFiles.METRICS), metrics)
+    return metrics

@@ -33,6 +33,10 @@ from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.models import Model
+from unlearn_interp.pipeline.depth import REAL_MODEL_SETTINGS as DEPTH_SETTINGS
+from unlearn_interp.pipeline.depth import DepthSettings, study_depth_inputs
+from unlearn_interp.pipeline.depth import step_depth as depth_step
+from unlearn_interp.pipeline.depth_report import with_depth
 from unlearn_interp.pipeline.figures import BAR_VARIANTS, GAP_LABELS, STUDY_FIGURES, study_figures
 from unlearn_interp.pipeline.ledger import MODEL_DEMO_SETTINGS, LedgerSettings, with_ledger
 from unlearn_interp.pipeline.metrics import study_metrics as compute_metrics
@@ -237,10 +241,13 @@ def step_figures(run: RunDir, study: Study, formats: Sequence[str] = ("html", "p
 # ---------------------------------------------------------------------------------------------
 
 
-def run_study(run: RunDir, study: Study, progress: bool = True) -> dict[str, Any]:
+def run_study(
+    run: RunDir, study: Study, progress: bool = True, depth: DepthSettings | None = None
+) -> dict[str, Any]:
     """Every step after loading, on an injected :class:`Study` (any model, any data): base
-    accuracy, each arm's seeds, layer profile and generations of the first seed, intervals,
-    figures, report. Returns ``metrics.json``'s content.
+    accuracy, each arm's seeds, layer profile, generations and (with ``depth`` settings) the
+    depth profile of the first seed, intervals, figures, report. Returns ``metrics.json``'s
+    content.
 
     >>> run_study(RunDir("runs/x"), Study(model, data, arms))             # doctest: +SKIP
     """
@@ -252,9 +259,26 @@ def run_study(run: RunDir, study: Study, progress: bool = True) -> dict[str, Any
             first = first or variants  # the headline arm's first seed: kept for its plots
     step_layer_profile(run, study, first)
     step_generations(run, study, first)
+    if depth is not None:
+        step_depth(run, study, first, depth, progress)
     tables = step_intervals(run, study)
     step_figures(run, study)
-    return step_report(run, study, tables)
+    metrics = step_report(run, study, tables)
+    return metrics if depth is None else with_depth(run, metrics, study.headline.config.layer)
+
+
+def step_depth(
+    run: RunDir, study: Study, first: RunVariants, settings: DepthSettings, progress: bool
+) -> None:
+    """The depth profile of the first seed's variants: the gap tasks' questions as forget
+    questions, the scored retain tasks as retain ones, the study's prompts, and retain text
+    for the tuned lens."""
+    data = study.data
+    retain = [t for t in study.tasks if t not in data.forget_tasks and t not in study.report_only]
+    prompts = {"forget": data.forget_prompts, "retain": data.retain_prompts}
+    inputs = study_depth_inputs(study.model, study.tasks, study.gap_tasks, retain, prompts,
+                                      data.retain_corpus, study.headline.config.layer)  # fmt: skip
+    depth_step(run, study.model, first, inputs, settings, progress)
 
 
 def fetch_assets(
@@ -322,7 +346,7 @@ def run_model_demo(
     run.check_settings(settings)
     paths = fetch_assets(run, cache_dir, progress)
     study = load_study(run, paths, seeds, topic, device, dtype)
-    metrics = run_study(run, study, progress)
+    metrics = run_study(run, study, progress, DEPTH_SETTINGS)
     if not ledger:
         return metrics
     chosen = ledger if isinstance(ledger, LedgerSettings) else MODEL_DEMO_SETTINGS
