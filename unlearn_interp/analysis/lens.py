@@ -49,6 +49,9 @@ from unlearn_interp.variants import Variant, applied
 
 COLUMNS = ("variant", "prompt_set", "lens", "layer", "answer_rank_mean", "answer_rank_median",
            "answer_logprob", "choice_accuracy", "ci_low", "ci_high", "n")  # fmt: skip
+# Rows decoded through the unembedding at once: 256 x a 49k vocabulary is 50 MB of float32, and
+# each call has a fixed cost (TransformerLens copies the unembedding matrix on every call).
+DECODE_ROWS = 256
 ITEM_COLUMNS = ("variant", "prompt_set", "lens", "layer", "item", "group", "rank", "logprob",
                 "correct")  # fmt: skip
 
@@ -117,14 +120,13 @@ def _layer_scores(
     questions: QuestionSet,
     layers: Sequence[int],
     lens: TunedLens | None,
-    batch_size: int,
 ) -> Iterator[tuple[int, pd.DataFrame]]:
-    """``(layer, answer_scores)`` per layer; the vocabulary is decoded ``batch_size`` rows at
-    a time (a 49k-token vocabulary is large)."""
+    """``(layer, answer_scores)`` per layer; the vocabulary is decoded :data:`DECODE_ROWS`
+    rows at a time (a 49k-token vocabulary is large; one unembedding call per row chunk)."""
     for i, layer in enumerate(layers):
         parts = [
-            decode_logprobs(model, resid[start : start + batch_size, i], layer, lens).cpu()
-            for start in range(0, len(questions), batch_size)
+            decode_logprobs(model, resid[start : start + DECODE_ROWS, i], layer, lens).cpu()
+            for start in range(0, len(questions), DECODE_ROWS)
         ]
         yield layer, answer_scores(torch.cat(parts), questions)
 
@@ -154,9 +156,7 @@ def lens_items(
             resid = question_resid(model, qs, variant, layers, batch_size)
             with torch.no_grad(), applied(variant, model):
                 for lens_name, chosen in lenses.items():
-                    for layer, scores in _layer_scores(
-                        model, resid, qs, layers, chosen, batch_size
-                    ):
+                    for layer, scores in _layer_scores(model, resid, qs, layers, chosen):
                         frames.append(scores.assign(variant=variant.name, prompt_set=set_name,
                                                     lens=lens_name, layer=layer,
                                                     group=list(qs.groups)))  # fmt: skip
