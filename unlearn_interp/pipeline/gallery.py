@@ -4,8 +4,8 @@
 
 * the "RMU is mostly shallow" set from :func:`~unlearn_interp.pipeline.demo.run_demo`'s tables: per-layer cosine to
   base and residual norm before and after ablating the junk direction, the accuracy bars (with
-  the random-direction control and the gap recovered), the generations table and the RMU
-  training curves;
+  the random-direction control and the gap recovered), the generations table, the RMU
+  training curves and the depth profile (probes, lenses, CKA by layer);
 * the Adaptive RMU set from sweeps on the same organism: cos(u, h) and MaxLogit histograms and
   accuracy for several steering coefficients, the forget-activation norm by layer, accuracy by
   unlearning layer for RMU with a fixed coefficient vs Adaptive RMU, and noise sensitivity.
@@ -35,7 +35,10 @@ from unlearn_interp import analysis, models, organism, plotting, rmu
 from unlearn_interp.artifacts import RunFiles, cache_root
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.pipeline.demo import organism_rmu_config, run_demo
+from unlearn_interp.pipeline.depth import depth_figure
+from unlearn_interp.pipeline.depth_report import read_depth_tables
 from unlearn_interp.pipeline.figures import demo_figures
+from unlearn_interp.pipeline.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ FIGURES = {
     "forget_norm_by_layer": "forget-activation norm by layer, base and each coefficient",
     "accuracy_vs_layer": "accuracy by unlearning layer, RMU with fixed c vs Adaptive RMU",
     "noise_sensitivity": "noise sensitivity Phi of the layers after l",
+    "depth_profile": "probes, logit lens, CKA, norm and cosine by layer for every variant",
 }
 
 
@@ -167,6 +171,8 @@ def demo_set(
     history = run_dir / RunFiles.RMU_HISTORY
     if history.is_file():
         figures["training_curves"] = plotting.plot_training_curves(pd.read_csv(history))
+    run = RunDir(run_dir)
+    figures["depth_profile"] = depth_figure(run, read_depth_tables(run), layer)
     return {name: figures[name] for name in FIGURES if name in figures}
 
 
