@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from unlearn_interp import models, stats
 from unlearn_interp.activations import check_layers, unembedding_vectors
-from unlearn_interp.analysis.questions import QuestionSet, question_resid
+from unlearn_interp.analysis.questions import QuestionSet, checked_groups, question_resid
 from unlearn_interp.checks import is_int
 from unlearn_interp.data import QA_TEMPLATE, MCQItem
 from unlearn_interp.errors import UnlearnInterpError
@@ -147,13 +147,7 @@ def readouts(
 ) -> Readouts:
     """``items`` as ``mcq_accuracy(model, items, mode, prompt_template=...)`` tokenises them,
     each candidate read before its deciding token (see the module docstring)."""
-    if not items:
-        raise UnlearnInterpError("a readout set needs at least one question")
-    groups = [str(i) for i in range(len(items))] if groups is None else [str(g) for g in groups]
-    if len(groups) != len(items):
-        raise UnlearnInterpError(f"{len(groups)} groups given for {len(items)} questions")
-    if len({len(item.choices) for item in items}) != 1:
-        raise UnlearnInterpError("the questions have different numbers of choices")
+    groups = checked_groups(items, groups)
     contexts: dict[tuple[int, ...], int] = {}
     rows, tokens = [], []
     for request in mcq_requests(model, items, mode, prompt_template):

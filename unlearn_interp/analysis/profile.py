@@ -60,7 +60,7 @@ def layer_profile(
 
     ``prompts`` is a list (one set called ``"forget"``) or ``{"forget": [...], "retain": [...]}``.
     """
-    _check_variant_names(variants, reference)
+    check_variant_names(variants, reference)
     layers = layers_or_all(model, layers)
     axes = _comparison_axes(model, directions, control_vectors)
     prompt_sets = {"forget": prompts} if not isinstance(prompts, Mapping) else prompts
@@ -78,7 +78,8 @@ def layers_or_all(model: Model, layers: Sequence[int] | None) -> list[int]:
     return list(range(models.n_layers(model))) if layers is None else check_layers(model, layers)
 
 
-def _check_variant_names(variants: Sequence[Variant], reference: str) -> None:
+def check_variant_names(variants: Sequence[Variant], reference: str) -> None:
+    """One sentence unless ``reference`` is among the variants and their names are unique."""
     names = [v.name for v in variants]
     if reference not in names:
         raise UnlearnInterpError(f"reference variant {reference!r} is not among {names}")

@@ -69,16 +69,9 @@ class QuestionSet:
         return self.choice_tokens[torch.arange(len(self)), self.answers]
 
 
-def question_set(
-    model: Model,
-    items: Sequence[MCQItem],
-    mode: str = "continuation",
-    prompt_template: str = QA_TEMPLATE,
-    groups: Sequence[str] | None = None,
-) -> QuestionSet:
-    """``items`` tokenised as ``mcq_accuracy(model, items, mode, prompt_template=...)`` scores
-    them; ``groups`` (default: each question its own group) keep related questions on one
-    side of a train/test split. Every question needs the same number of choices."""
+def checked_groups(items: Sequence[MCQItem], groups: Sequence[str] | None) -> list[str]:
+    """``groups`` as strings (default: each question its own group), after checking there are
+    questions, one group each, and as many choices in every question; else one sentence."""
     if not items:
         raise UnlearnInterpError("a question set needs at least one question")
     groups = [str(i) for i in range(len(items))] if groups is None else [str(g) for g in groups]
@@ -89,6 +82,20 @@ def question_set(
         raise UnlearnInterpError(
             f"the questions have different numbers of choices: {sorted(widths)}"
         )
+    return groups
+
+
+def question_set(
+    model: Model,
+    items: Sequence[MCQItem],
+    mode: str = "continuation",
+    prompt_template: str = QA_TEMPLATE,
+    groups: Sequence[str] | None = None,
+) -> QuestionSet:
+    """``items`` tokenised as ``mcq_accuracy(model, items, mode, prompt_template=...)`` scores
+    them; ``groups`` (default: each question its own group) keep related questions on one
+    side of a train/test split. Every question needs the same number of choices."""
+    groups = checked_groups(items, groups)
     requests = mcq_requests(model, items, mode, prompt_template)
     choice_tokens = torch.tensor([[c[0] for c in r.continuations] for r in requests])
     answers = torch.tensor([item.answer for item in items])

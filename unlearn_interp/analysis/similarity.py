@@ -28,7 +28,7 @@ from unlearn_interp.activations import (
     iter_batches,
     select_positions,
 )
-from unlearn_interp.analysis.profile import layers_or_all
+from unlearn_interp.analysis.profile import check_variant_names, layers_or_all
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.models import Model
 from unlearn_interp.variants import Variant
@@ -120,7 +120,7 @@ def representation_similarity(
     >>> sim = representation_similarity(model, [base, rmu], {"forget": f, "retain": r},
     ...                                 layers=[2, 3])                  # doctest: +SKIP
     """
-    _check_variants(variants, reference)
+    check_variant_names(variants, reference)
     if not isinstance(prompts, Mapping) or not prompts:
         raise UnlearnInterpError("prompts must map at least one prompt-set name to its prompts")
     layers = layers_or_all(model, layers)
@@ -137,14 +137,6 @@ def representation_similarity(
             rows += _similarity_rows(variant.name, set_name, layers, reference_rows, own)
             del own  # hold at most two variants' streams
     return pd.DataFrame(rows, columns=list(COLUMNS))
-
-
-def _check_variants(variants: Sequence[Variant], reference: str) -> None:
-    names = [v.name for v in variants]
-    if reference not in names:
-        raise UnlearnInterpError(f"reference variant {reference!r} is not among {names}")
-    if len(set(names)) != len(names):
-        raise UnlearnInterpError(f"variant names {names} are not unique")
 
 
 def _collect_rows(
