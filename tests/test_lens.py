@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from unlearn_interp import activations, data, models, rmu
+from unlearn_interp.analysis import questions
 from unlearn_interp.analysis.lens import (
     COLUMNS,
     ITEM_COLUMNS,
@@ -114,6 +115,33 @@ def test_decision_tokens_separate_the_choices_where_first_tokens_do_not(question
     assert torch.equal(first.answers, decision.answers) and first.groups == decision.groups
     for short, long in zip(first.contexts, decision.contexts, strict=True):
         assert long[: len(short)] == short
+
+
+def test_a_residual_store_runs_each_context_once_and_gives_the_same_residuals(
+    org, rmu_variant, question_sets, monkeypatch
+):
+    first, decision = question_sets["first"]["hazardous"], question_sets["decision"]["hazardous"]
+    plain = questions.question_resid(org.model, decision, rmu_variant, layers=[1, 3])
+    batches = []
+    run = questions.capture_resid
+
+    def counted(model, batch, *args):
+        batches.append(len(batch.tokens))
+        run(model, batch, *args)
+
+    monkeypatch.setattr(questions, "capture_resid", counted)
+    store = questions.ResidStore()
+    stored = questions.question_resid(org.model, decision, rmu_variant, [1, 3], 32, store)
+    assert sum(batches) == len(set(decision.contexts))
+    torch.testing.assert_close(stored, plain, rtol=0, atol=1e-5)
+    again = questions.question_resid(org.model, decision, rmu_variant, [1, 3], 32, store)
+    assert sum(batches) == len(set(decision.contexts)) and torch.equal(again, stored)
+    questions.question_resid(org.model, first, rmu_variant, [1, 3], 32, store)  # shorter contexts
+    assert sum(batches) == len(set(decision.contexts) | set(first.contexts))
+    questions.question_resid(org.model, decision, Variant("base"), [1, 3], 32, store)
+    assert sum(batches) == len(set(decision.contexts) | set(first.contexts)) + len(
+        set(decision.contexts)
+    )  # another variant is another forward pass
 
 
 def test_logit_lens_table_reads_base_knowledge_and_rmu_forgetting(org, rmu_variant, question_sets):

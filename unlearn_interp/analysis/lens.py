@@ -31,7 +31,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from unlearn_interp.activations import check_batch_size
-from unlearn_interp.analysis.questions import QuestionSet, question_resid, question_set
+from unlearn_interp.analysis.questions import (
+    QuestionSet,
+    ResidStore,
+    question_resid,
+    question_set,
+)
 from unlearn_interp.analysis.tuned_lens import (
     LOGIT,
     TUNED,
@@ -139,11 +144,13 @@ def lens_items(
     layers: Sequence[int] | None = None,
     lens: TunedLens | None = None,
     batch_size: int = 32,
+    store: ResidStore | None = None,
 ) -> pd.DataFrame:
     """Every question's answer as each layer decodes it: one row per variant, question set
     (``prompt_set``), lens (``"logit"``, and ``"tuned"`` when ``lens`` is given), layer and
     question, with columns :data:`ITEM_COLUMNS` (``rank``, ``logprob``, ``correct`` as in
     :func:`answer_scores`; ``group`` the question's entity). :func:`logit_lens` summarises it.
+    Residuals already in ``store`` (see :class:`ResidStore`) are not computed again.
 
     >>> lens_items(model, [base], {"hazardous": qs}, layers=[3]).query("rank > 0")  # doctest: +SKIP
     """
@@ -153,7 +160,7 @@ def lens_items(
     frames = []
     for variant in variants:
         for set_name, qs in questions.items():
-            resid = question_resid(model, qs, variant, layers, batch_size)
+            resid = question_resid(model, qs, variant, layers, batch_size, store)
             with torch.no_grad(), applied(variant, model):
                 for lens_name, chosen in lenses.items():
                     for layer, scores in _layer_scores(model, resid, qs, layers, chosen):
@@ -173,6 +180,7 @@ def logit_lens(
     batch_size: int = 32,
     n_boot: int = 1000,
     seed: int = 0,
+    store: ResidStore | None = None,
 ) -> pd.DataFrame:
     """The answer as each layer's residual stream decodes it, one row per variant, question
     set (``prompt_set``), lens and layer: :func:`summarise_lens` of :func:`lens_items`.
@@ -184,7 +192,9 @@ def logit_lens(
 
     >>> logit_lens(model, [base, rmu], {"hazardous": qs}, layers=[0, 3])  # doctest: +SKIP
     """
-    items = lens_items(model, variants, questions, layers=layers, lens=lens, batch_size=batch_size)
+    items = lens_items(
+        model, variants, questions, layers=layers, lens=lens, batch_size=batch_size, store=store
+    )
     return summarise_lens(items, n_boot=n_boot, seed=seed)
 
 

@@ -55,7 +55,12 @@ from tqdm.auto import tqdm
 
 from unlearn_interp import models, stats
 from unlearn_interp.activations import check_layers, unembedding_vectors
-from unlearn_interp.analysis.questions import QuestionSet, checked_groups, question_resid
+from unlearn_interp.analysis.questions import (
+    QuestionSet,
+    ResidStore,
+    checked_groups,
+    question_resid,
+)
 from unlearn_interp.checks import is_int
 from unlearn_interp.data import QA_TEMPLATE, MCQItem
 from unlearn_interp.errors import UnlearnInterpError
@@ -359,13 +364,14 @@ def _probe_rows(
 
 
 def _readout_resid(
-    model: Model, readout: Readouts, variant: Variant, layers: list[int], batch_size: int
-) -> Float[Tensor, "n_rows n_layers d_model"]:
+    model: Model, readout: Readouts, variant: Variant, layers: list[int], batch_size: int,
+    store: ResidStore | None,
+) -> Float[Tensor, "n_rows n_layers d_model"]:  # fmt: skip
     """The residual stream at every readout context's last token, after each of ``layers``."""
     n = len(readout.contexts)
     contexts = QuestionSet(readout.contexts, torch.zeros(n, 1, dtype=torch.long),
                            torch.zeros(n, dtype=torch.long), tuple(map(str, range(n))))  # fmt: skip
-    resid = question_resid(model, contexts, variant, layers, batch_size)
+    resid = question_resid(model, contexts, variant, layers, batch_size, store)
     if not torch.isfinite(resid).all():
         raise UnlearnInterpError(f"variant {variant.name!r} gives non-finite activations")
     return resid
@@ -407,13 +413,14 @@ def layer_probes(
     n_boot: int = 1000,
     batch_size: int = 32,
     progress: bool = True,
+    store: ResidStore | None = None,
 ) -> pd.DataFrame:
     """Own, reference and shuffled-label probe accuracy per variant, question set and layer.
 
     ``questions`` maps a label ("choice", "value", ...) to a :class:`Readouts` (from
     :func:`readouts` / :func:`organism_readouts`) or a :class:`QuestionSet` (read through first
     tokens). Folds by group from ``seed`` (:func:`entity_folds`); activations are computed once
-    per variant and set. Columns: ``variant, label, probe, layer, accuracy, ci_low, ci_high, n,
+    per variant and set (and shared through ``store`` with other analyses). Columns: ``variant, label, probe, layer, accuracy, ci_low, ci_high, n,
     chance``.
     """
     sets = _checked_inputs(variants, questions, reference, l2, n_shuffles)
@@ -425,7 +432,8 @@ def layer_probes(
         vectors = unembedding_vectors(model, readout.tokens.flatten()).double().cpu()
         setting = _Setting(readout, entity_folds(readout.groups, n_folds, seed),
                            vectors.reshape(n, width, -1), float(l2), seed)  # fmt: skip
-        resid = {v.name: _readout_resid(model, readout, v, layers, batch_size) for v in variants}
+        resid = {v.name: _readout_resid(model, readout, v, layers, batch_size, store)
+                 for v in variants}  # fmt: skip
         for j, layer in enumerate(layers):
             base_probes = _fold_probes(setting, resid[reference][:, j])
             for variant in variants:

@@ -5,7 +5,8 @@ A :class:`QuestionSet` holds the questions exactly as :func:`evaluation.mcq_accu
 them (same contexts, same tokenisation), the correct choice and a group per question (the
 entity it is about: probes train and test by group, never by question text).
 :func:`question_resid` runs one variant over them and keeps only the last context token's
-residual stream after each layer.
+residual stream after each layer; a :class:`ResidStore` lets several analyses of one profile
+share those forward passes.
 
     >>> questions = question_set(model, org.hazardous_mcq, "continuation", org.qa_template,
     ...                          groups=[f.entity for f in org.world.facts_in("hazardous")])  # doctest: +SKIP
@@ -102,22 +103,52 @@ def question_set(
     return QuestionSet(tuple(r.context for r in requests), choice_tokens, answers, tuple(groups))
 
 
+@dataclasses.dataclass
+class ResidStore:
+    """Residual rows already computed, by variant name, layers and context, so analyses of one
+    profile (the probes and the lens read mostly the same contexts) run each forward pass once.
+    A variant's name stands for its weights: use one store per set of variants."""
+
+    rows: dict[tuple[str, tuple[int, ...], tuple[int, ...]], Tensor] = dataclasses.field(
+        default_factory=dict
+    )
+
+
 def question_resid(
     model: Model,
     questions: QuestionSet,
     variant: Variant | None = None,
     layers: Sequence[int] | None = None,
     batch_size: int = 32,
+    store: ResidStore | None = None,
 ) -> Float[Tensor, "n_questions n_layers d_model"]:
     """The residual stream after each of ``layers`` (default every block) at the last token of
-    each question's context, under ``variant``; float32 on the CPU."""
+    each question's context, under ``variant``; float32 on the CPU. With a ``store``, contexts
+    it holds for this variant and these layers are not run again, and new ones are kept."""
     check_batch_size(batch_size)
     layers = list(range(models.n_layers(model))) if layers is None else check_layers(model, layers)
-    out = torch.zeros(len(questions), len(layers), models.d_model(model))
+    if store is None:
+        return _last_token_resid(model, questions.contexts, variant, layers, batch_size)
+    name = "base" if variant is None else variant.name
+    keys = [(name, tuple(layers), tuple(c)) for c in questions.contexts]
+    missing = list(dict.fromkeys(k for k in keys if k not in store.rows))
+    computed = _last_token_resid(model, [k[2] for k in missing], variant, layers, batch_size)
+    store.rows.update(zip(missing, computed, strict=True))
+    return torch.stack([store.rows[k] for k in keys])
+
+
+def _last_token_resid(
+    model: Model,
+    contexts: Sequence[Sequence[int]],
+    variant: Variant | None,
+    layers: list[int],
+    batch_size: int,
+) -> Float[Tensor, "n_contexts n_layers d_model"]:
+    out = torch.zeros(len(contexts), len(layers), models.d_model(model))
     pad = data.pad_token_id(model.tokenizer)
     device = models.model_device(model)
-    for start in range(0, len(questions), batch_size):
-        batch = data.left_pad(questions.contexts[start : start + batch_size], pad).to(device)
+    for start in range(0, len(contexts), batch_size):
+        batch = data.left_pad(contexts[start : start + batch_size], pad).to(device)
         rows = slice(start, start + batch.tokens.shape[0])
 
         def keep(index: int, resid: Tensor, rows: slice = rows) -> None:
