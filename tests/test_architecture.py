@@ -30,6 +30,7 @@ RANKS = {
     "real_data": 3,
     "plotting": 3,
     "hf_convert": 4,
+    "backend_speed": 4,  # TransformerLens forward patch, installed by models
     "models": 5,
     "activations": 6,
     "interventions": 7,
@@ -50,7 +51,7 @@ RANKS = {
 PLOTTING_MAY_IMPORT = {"errors", "artifacts", "data", "stats", "plotting"}
 
 # Where TransformerLens may be named: the backend seam.
-SEAM = {"models", "hf_convert", "activations", "interventions", "variants"}
+SEAM = {"models", "hf_convert", "backend_speed", "activations", "interventions", "variants"}
 TL_NAMES = [
     r"\btransformer_lens\b",
     r"\bHookedTransformer\w*",
