@@ -4,6 +4,8 @@ generation, confidence, retain loss and the ``evaluate`` command."""
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 import json
 import math
 import random
@@ -17,6 +19,7 @@ from conftest import save_hf_checkpoint
 from unlearn_interp import cli, data, evaluation, models, stats
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.evaluation import scoring
 from unlearn_interp.interventions import Variant, add_vector_hook, project_out_hook
 
 WORDS = [
@@ -213,7 +216,7 @@ def test_letter_mode_runs_each_question_once_and_only_the_rest_of_longer_letters
     # Whole questions are many tokens wide; a letter's tokens after its first are 1 wide here.
     questions = [rows for rows, width in seen if width > 1]
     letters = [rows for rows, width in seen if width == 1]
-    assert questions == [4, 4, 2]
+    assert sum(questions) == 10 and len(questions) >= 3  # each question once, <= 4 per batch
     assert sum(letters) == 10 * 4 * (letter_tokens - 1)
     assert max(rows for rows, _ in seen) <= 4
     assert no_hooks_left(model)
@@ -359,19 +362,56 @@ def test_context_cache_scores_equal_one_full_row_per_choice_within_1e_4(
     assert no_hooks_left(model)
 
 
+def padded_cost(lengths, groups, call_cost):
+    return sum(len(g) * max(lengths[i] for i in g) + call_cost for g in groups)
+
+
+@pytest.mark.parametrize("call_cost", [0, 7, 1000])
+def test_length_groups_are_the_batches_of_least_padding(call_cost):
+    rng = random.Random(call_cost)
+    for _ in range(40):
+        lengths = [rng.randint(1, 60) for _ in range(rng.randint(1, 9))]
+        groups = scoring.length_groups(lengths, 3, call_cost)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        assert max(len(g) for g in groups) <= 3
+        order = [i for g in groups for i in g]  # longest first, batches consecutive
+        assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+        # every way to cut the sorted list into consecutive batches of <= 3 costs as much or more
+        n, best = len(lengths), float("inf")
+        for cuts in itertools.product([False, True], repeat=n - 1):
+            bounds = [0] + [k + 1 for k, c in enumerate(cuts) if c] + [n]
+            parts = [order[a:b] for a, b in itertools.pairwise(bounds)]
+            if max(len(p) for p in parts) <= 3:
+                best = min(best, padded_cost(lengths, parts, call_cost))
+        assert padded_cost(lengths, groups, call_cost) == best
+    assert scoring.length_groups([], 3, 0) == []
+    assert len(scoring.length_groups([9] * 7, 3, 1000)) == 3
+
+
 def test_context_cache_runs_each_context_once(tokenizer):
     model = small_model(tokenizer)
     requests = random_requests(len(tokenizer), model.cfg.n_ctx)[:20]
-    widths = {True: [], False: []}
+    passes = {True: [], False: []}  # (rows, new positions, cached positions before them)
+
+    def record(pattern, hook, reuse):  # pattern: [batch, head, new, cached + new]
+        passes[reuse].append(
+            (pattern.shape[0], pattern.shape[2], pattern.shape[3] - pattern.shape[2])
+        )
+
     for reuse in (True, False):
-        hook = ("hook_embed", lambda x, hook, reuse=reuse: widths[reuse].append(x.shape[1]))
+        hook = ("blocks.0.attn.hook_pattern", functools.partial(record, reuse=reuse))
         with model.hooks(fwd_hooks=[hook]):
             evaluation.score_requests(model, requests, 20, progress=False, reuse_context=reuse)
-    # one pass over the 20 contexts, then the choices' tokens after their first (at most 5)
+    # the 20 contexts once each, then the choices' tokens after their first (at most 5) on top
+    contexts = [p for p in passes[True] if p[2] == 0]
+    on_top = [p for p in passes[True] if p[2] > 0]
     n_longer = sum(len(c) > 1 for r in requests for c in r.continuations)
-    assert widths[True][0] == max(len(r.context) for r in requests)
-    assert len(widths[True]) == 1 + math.ceil(n_longer / 20) and max(widths[True][1:]) <= 5
-    assert len(widths[False]) == 4  # 80 full rows, 20 at a time
+    assert sum(rows for rows, _, _ in contexts) == 20
+    assert contexts[0][1] == max(len(r.context) for r in requests)
+    assert sum(rows for rows, _, _ in on_top) == n_longer and max(p[1] for p in on_top) <= 5
+    assert max(rows for rows, _, _ in passes[True]) <= 20
+    assert sum(rows for rows, _, _ in passes[False]) == 80  # 80 full rows, none cached
+    assert all(p[2] == 0 for p in passes[False])
 
 
 # ---------------------------------------------------------------------------------------------

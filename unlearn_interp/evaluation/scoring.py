@@ -137,6 +137,41 @@ def chunks(seq: Sequence[T], size: int) -> Iterator[list[T]]:
         yield list(seq[start : start + size])
 
 
+# What one more forward pass costs, in padded tokens: on a CPU a token's matmuls dominate and a
+# call's Python and hook overhead is worth a few dozen tokens; on an accelerator the overhead
+# dominates, so batches are split only where padding would be huge.
+CALL_COST_TOKENS = {"cpu": 32}
+ACCELERATOR_CALL_COST_TOKENS = 2048
+
+
+def length_groups(lengths: Sequence[int], batch_size: int, call_cost: int) -> list[list[int]]:
+    """Indices of ``lengths``, longest first, cut into consecutive batches of at most
+    ``batch_size`` so that padded tokens (rows x the batch's longest) plus ``call_cost`` per
+    batch are fewest (an exact dynamic programme over the cut points, ``O(n * batch_size)``).
+
+    >>> length_groups([5, 90, 88, 6, 91], 4, call_cost=10)
+    [[4, 1, 2], [3, 0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    width = [lengths[i] for i in order]  # non-increasing: a batch's first row is its widest
+    best, cut = [0] * (len(order) + 1), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        options = range(max(0, end - batch_size), end)
+        cut[end] = min(options, key=lambda s: best[s] + (end - s) * width[s] + call_cost)
+        best[end] = best[cut[end]] + (end - cut[end]) * width[cut[end]] + call_cost
+    groups, end = [], len(order)
+    while end:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
+
+
+def call_cost(model: Model) -> int:
+    """:data:`CALL_COST_TOKENS` for the model's device type."""
+    device = models.model_device(model).type
+    return CALL_COST_TOKENS.get(device, ACCELERATOR_CALL_COST_TOKENS)
+
+
 # ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
@@ -183,8 +218,9 @@ def score_requests(
     ``n_ctx``, and every request with ``reuse_context=False``, takes one full sequence per
     continuation, the harness's own way (kept as the reference). Both agree to float rounding
     (tested to 1e-4 in float32). ``batch_size`` counts sequences per forward pass: contexts,
-    continuations or full rows. Rows are sorted by length so batches pad little, and only the
-    scored positions go through the unembedding.
+    continuations or full rows. Rows are sorted by length and cut into the batches that pad
+    least (:func:`length_groups`: fewer than ``batch_size`` rows where lengths jump), and only
+    the scored positions go through the unembedding.
 
     Hooks see a cached request in two passes: its context, then its continuations' tokens
     (right-padded rows). Hooks acting on every position alike (steering, ablation) give the
@@ -212,7 +248,9 @@ def score_requests(
     bar = tqdm(total=total, desc="scoring", unit="seq", disable=None if progress else True)
     with torch.no_grad(), bar:
         _score_rows(model, rows, scores, batch_size, bar)
-        for chunk in chunks(sorted(cached, key=lambda i: -len(requests[i].context)), batch_size):
+        widths = [len(requests[i].context) for i in cached]
+        for group in length_groups(widths, batch_size, call_cost(model)):
+            chunk = [cached[g] for g in group]
             _score_on_context_cache(model, requests, chunk, scores, batch_size, bar)
     return scores
 
@@ -228,10 +266,11 @@ def _fits_context_cache(request: Request, max_len: int) -> bool:
 def _score_rows(
     model: Model, rows: list[_Row], scores: list[np.ndarray], batch_size: int, bar: tqdm
 ) -> None:
-    """Score full sequences (:func:`_rows_for`) into ``scores``, longest rows first."""
+    """Score full sequences (:func:`_rows_for`) into ``scores``, longest rows first, in the
+    batches of least padding (:func:`length_groups`)."""
     pad_id = data.pad_token_id(model.tokenizer)
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].inputs))
-    for chunk in chunks(order, batch_size):
+    widths = [len(row.inputs) for row in rows]
+    for chunk in length_groups(widths, batch_size, call_cost(model)):
         batch = [rows[i] for i in chunk]
         logprobs = activations.last_logprobs(
             model,
@@ -274,7 +313,8 @@ def _score_on_context_cache(
 
     One left-padded pass over their contexts fills a KV cache; its last position scores every
     continuation's first token. Then the continuations' other tokens run on copies of their
-    request's cached row, ``batch_size`` rows at a time (:func:`_continuation_resid`).
+    request's cached row, at most ``batch_size`` rows at a time, batched by length
+    (:func:`length_groups`, :func:`_continuation_resid`).
     Positions come from the attention masks, so each token sits where it would in the full
     sequence ``context + continuation``. The scored positions of the whole chunk go through
     the unembedding together (one unembedding call, not one per piece).
@@ -293,10 +333,11 @@ def _score_on_context_cache(
         target=[reqs[b].continuations[k][0] for b, k in slots],
         owner=list(range(len(slots))),
     )
-    rest = sorted((bk for bk in slots if len(reqs[bk[0]].continuations[bk[1]]) > 1),
-                  key=lambda bk: -len(reqs[bk[0]].continuations[bk[1]]))  # fmt: skip
+    rest = [bk for bk in slots if len(reqs[bk[0]].continuations[bk[1]]) > 1]
+    widths = [len(reqs[b].continuations[k]) - 1 for b, k in rest]
     slot = {bk: n for n, bk in enumerate(slots)}
-    for part in chunks(rest, batch_size):
+    for group in length_groups(widths, batch_size, call_cost(model)):
+        part = [rest[g] for g in group]
         _add_continuations(model, cache, reqs, part, [slot[bk] for bk in part], scored)
         bar.update(len(part))
     totals = _summed_logprobs(model, scored, len(slots))
