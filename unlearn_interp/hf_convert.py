@@ -15,6 +15,11 @@ runs HuggingFace modules directly would not need this module at all.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
+import mmap
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -249,3 +254,188 @@ def _llama_tensor(name: str, t: Tensor, cfg: HookedTransformerConfig) -> dict[st
             }
         return {f"{b}.attn.{prefix}b_{letter.upper()}": t.view(n, cfg.d_head)}
     return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming a checkpoint's safetensors shards into a model, tensor by tensor
+# ---------------------------------------------------------------------------------------------
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+# How much of a mapped shard may be resident at once while one tensor is copied (bytes).
+_SLAB_BYTES = 4 * 2**20
+_MAX_HEADER_BYTES = 100 * 2**20
+
+
+def checkpoint_shards(path: Path) -> list[Path]:
+    """The safetensors files of checkpoint directory ``path``: the shards its
+    ``model.safetensors.index.json`` names (every one must exist), else every ``*.safetensors``
+    file in it; an empty list when it has none (a pickled ``.bin`` checkpoint)."""
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return sorted(path.glob("*.safetensors"))
+    try:
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UnlearnInterpError(f"{index} is not a readable shard index ({err!r})") from err
+    missing = [name for name in names if not (path / name).is_file()]
+    if missing:
+        raise UnlearnInterpError(
+            f"{path} is missing shard(s) {', '.join(missing)} that {index.name} names"
+        )
+    return [path / name for name in names]
+
+
+def load_checkpoint_tensors(
+    params: dict[str, Tensor],
+    shards: list[Path],
+    cfg: HookedTransformerConfig,
+    tie_word_embeddings: bool,
+) -> None:
+    """Fill ``params`` (a TransformerLens model's parameters by name) from safetensors ``shards``.
+
+    Each HuggingFace tensor is converted with :func:`hf_tensor_to_tl` as a view of the
+    memory-mapped file and copied into its parameter a slab at a time (cast to the parameter's
+    dtype on the way), giving the mapped pages back after each slab: host memory holds the model
+    plus at most a few slabs of the file. With ``tie_word_embeddings`` the unembedding is the
+    embedding's transpose (as HuggingFace ties them). Parameters the checkpoint lacks keep their
+    construction value (zero biases, unit norms) unless they are weight matrices: then a missing
+    tensor, like a corrupt shard or a shape that differs from the model's, is an error.
+    """
+    skip = {"unembed.W_U"} if tie_word_embeddings else set()
+    loaded: set[str] = set()
+    with torch.no_grad():
+        for shard in shards:
+            with _MappedShard(shard) as mapped:
+                for hf_name in mapped.names():
+                    loaded |= _load_one_tensor(mapped, hf_name, params, cfg, skip)
+        if tie_word_embeddings and "unembed.W_U" in params:
+            params["unembed.W_U"].copy_(params["embed.W_E"].T)
+            loaded.add("unembed.W_U")
+    matrices = [name for name in params if name.rsplit(".", 1)[-1].startswith(("W_", "_W_"))]
+    missing = [name for name in matrices if name not in loaded]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UnlearnInterpError(
+            f"{shards[0].parent} has no tensor for {', '.join(missing[:3])}{more}"
+        )
+
+
+def _load_one_tensor(
+    mapped: _MappedShard,
+    hf_name: str,
+    params: dict[str, Tensor],
+    cfg: HookedTransformerConfig,
+    skip: set[str],
+) -> set[str]:
+    """Copy checkpoint tensor ``hf_name`` into the parameter(s) it becomes; their names."""
+    source = mapped.tensor(hf_name)
+    done = set()
+    for tl_name, value in hf_tensor_to_tl(hf_name, source, cfg).items():
+        if tl_name not in params or tl_name in skip:
+            continue
+        target = params[tl_name]
+        if value.shape != target.shape:
+            raise UnlearnInterpError(
+                f"{mapped.path}: tensor {hf_name} has shape {tuple(value.shape)} but the "
+                f"model's {tl_name} has {tuple(target.shape)}"
+            )
+        _copy_in_slabs(target, value, lambda: mapped.release(hf_name))
+        done.add(tl_name)
+    return done
+
+
+def _copy_in_slabs(target: Tensor, source: Tensor, release: Callable[[], None]) -> None:
+    """``target.copy_(source)`` a slab at a time along ``source``'s outermost axis (largest
+    stride: consecutive bytes of the file), calling ``release`` after each slab."""
+    if source.dim() == 0:
+        target.copy_(source)
+        return
+    axis = max(range(source.dim()), key=source.stride)
+    step = max(1, _SLAB_BYTES // max(1, source.stride(axis) * source.element_size()))
+    for start in range(0, source.shape[axis], step):
+        length = min(step, source.shape[axis] - start)
+        target.narrow(axis, start, length).copy_(source.narrow(axis, start, length))
+        release()
+
+
+class _MappedShard:
+    """One safetensors file, memory-mapped; tensors are views of the mapping (no copy), and
+    :meth:`release` gives the pages read so far back to the kernel (they stay in its page cache).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in __exit__
+        try:
+            self._entries, self._data_start = _read_header(self._file, path)
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __enter__(self) -> _MappedShard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(BufferError):  # a view still alive: it closes when that dies
+            self._map.close()
+        self._file.close()
+
+    def names(self) -> list[str]:
+        """Tensor names in file order."""
+        return sorted(self._entries, key=lambda name: self._entries[name]["data_offsets"][0])
+
+    def tensor(self, name: str) -> Tensor:
+        entry = self._entries[name]
+        dtype, shape = _ST_DTYPES[entry["dtype"]], entry["shape"]
+        offset = self._data_start + entry["data_offsets"][0]
+        count = math.prod(shape)
+        if count == 0:
+            return torch.empty(shape, dtype=dtype)
+        if offset % torch.empty((), dtype=dtype).element_size():  # unaligned: copy this one
+            raw = torch.frombuffer(
+                self._map, dtype=torch.uint8, count=entry["nbytes"], offset=offset
+            )
+            return raw.clone().view(dtype).view(shape)
+        return torch.frombuffer(self._map, dtype=dtype, count=count, offset=offset).view(shape)
+
+    def release(self, name: str) -> None:
+        """Give back the pages of tensor ``name`` (whole pages, so maybe a neighbour's edge)."""
+        begin, end = (self._data_start + x for x in self._entries[name]["data_offsets"])
+        start = begin - begin % mmap.PAGESIZE
+        if end > start:
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
+def _read_header(handle: Any, path: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """The tensor entries of a safetensors file and where its data starts, checked against the
+    file's size; anything malformed is one sentence naming the file."""
+    size = os.fstat(handle.fileno()).st_size
+    try:
+        length = int.from_bytes(handle.read(8), "little")
+        if size < 8 or not 2 <= length <= min(size - 8, _MAX_HEADER_BYTES):
+            raise ValueError(f"header length {length} does not fit a {size}-byte file")
+        header = json.loads(handle.read(length))
+        header.pop("__metadata__", None)
+        entries = {name: _checked_entry(entry, size - 8 - length) for name, entry in header.items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise UnlearnInterpError(f"{path} is not a valid safetensors file ({err})") from err
+    return entries, 8 + length
+
+
+def _checked_entry(entry: dict[str, Any], data_bytes: int) -> dict[str, Any]:
+    begin, end = (int(x) for x in entry["data_offsets"])
+    shape = [int(n) for n in entry["shape"]]
+    itemsize = torch.empty((), dtype=_ST_DTYPES[entry["dtype"]]).element_size()
+    if min(shape, default=0) < 0 or not 0 <= begin <= end <= data_bytes:
+        raise ValueError(f"tensor offsets {begin}..{end} lie outside its {data_bytes} data bytes")
+    if end - begin != math.prod(shape) * itemsize:
+        raise ValueError(
+            f"a tensor of shape {shape} and dtype {entry['dtype']} is not {end - begin} bytes"
+        )
+    return {**entry, "shape": shape, "data_offsets": [begin, end], "nbytes": end - begin}

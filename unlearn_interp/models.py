@@ -319,22 +319,49 @@ def _load_named_model(
 def _load_local_checkpoint(
     path: Path, device: str | torch.device, dtype: torch.dtype, trust_remote_code: bool
 ) -> HookedTransformer:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """Stream the checkpoint's safetensors shards into an unfilled model (host memory: the model
+    plus a few slabs of the file); a ``.bin``-only checkpoint goes through ``transformers``."""
     hf_config = hf_convert.read_hf_config(path, trust_remote_code)
     cfg = hf_convert.tl_config_from_hf(hf_config, model_name=path.name, dtype=dtype, device=device)
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, dtype=dtype, trust_remote_code=trust_remote_code
-    )
+    tokenizer = _local_tokenizer(path, trust_remote_code)  # first: its transient memory is freed
+    shards = hf_convert.checkpoint_shards(path)
+    if shards:
+        model = _unfilled_model(cfg)
+        tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+        hf_convert.load_checkpoint_tensors(dict(model.named_parameters()), shards, cfg, tied)
+    else:
+        log.info("%s has no safetensors shards: loading it through transformers (peak host "
+                 "memory about twice the model's)", path)  # fmt: skip
+        model = _model_through_transformers(path, cfg, trust_remote_code)
+    attach_tokenizer(model, tokenizer)
+    return model.to(device, print_details=False)  # TransformerLens would print to stdout
+
+
+def _unfilled_model(cfg: HookedTransformerConfig) -> HookedTransformer:
+    """A HookedTransformer on ``cfg.device`` whose weight matrices are allocated but never
+    written (no random initialisation: untouched pages cost no memory until loaded into)."""
+    cfg.init_weights = False
+    try:
+        return HookedTransformer(cfg, move_to_device=True)
+    finally:
+        cfg.init_weights = True
+
+
+def _model_through_transformers(
+    path: Path, cfg: HookedTransformerConfig, trust_remote_code: bool
+) -> HookedTransformer:
+    """The whole HuggingFace model, converted (for pickled ``.bin`` checkpoints)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=cfg.dtype, trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        raise UnlearnInterpError(f"{path} has no readable weights ({err})") from err
     state_dict = hf_convert.convert_state_dict(hf_model, cfg)
     del hf_model
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError) as err:
-        raise UnlearnInterpError(f"{path} has no usable tokenizer files ({err})") from err
-    model = attach_tokenizer(HookedTransformer(cfg, move_to_device=False), tokenizer)
+    model = HookedTransformer(cfg, move_to_device=False)
     model.load_and_process_state_dict(
         state_dict,
         fold_ln=False,
@@ -343,7 +370,18 @@ def _load_local_checkpoint(
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
-    return model.to(device, print_details=False)  # TransformerLens would print to stdout
+    return model
+
+
+def _local_tokenizer(path: Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise UnlearnInterpError(f"{path} has no usable tokenizer files ({err})") from err
 
 
 # ---------------------------------------------------------------------------------------------
