@@ -119,6 +119,7 @@ def test_update_layers_default_to_layer_minus_two_to_layer_clamped_at_zero():
         ({"adaptive_beta": -2.0}, "adaptive_beta"),
         ({"control_vector": "normal"}, "control_vector"),
         ({"layer": -1}, "layer"),
+        ({"frozen_forget_every": 0}, "frozen_forget_every"),
         ({"alpha": (1.0, 2.0), "steering_coef": (1.0, 2.0, 3.0)}, "steering_coef"),
     ],
 )
@@ -377,7 +378,8 @@ def test_topics_alternate_and_batches_are_consecutive_with_wrap_around(word_toke
     """Each row's frozen forget norm is that of the documents the schedule names."""
     model = _model(word_tokenizer)
     forget = [FORGET_A[:5], FORGET_B[:3]]
-    cfg = rmu.RMUConfig(layer=1, steering_coef=10.0, alpha=10.0, steps=6, batch_size=2)
+    cfg = rmu.RMUConfig(layer=1, steering_coef=10.0, alpha=10.0, steps=6, batch_size=2,
+                        frozen_forget_every=1)  # fmt: skip
     history = rmu.train_rmu(model, forget, [RETAIN, RETAIN], cfg, progress=False).history
     assert history.topic.tolist() == [0, 1, 0, 1, 0, 1]
     assert history.batch.tolist() == [0, 0, 1, 1, 2, 2]
@@ -429,6 +431,53 @@ def test_same_seed_and_data_give_bit_identical_weights(word_tokenizer):
         assert not torch.equal(tensor, runs[0].base_weights[name])
     assert torch.equal(runs[0].control_vectors, runs[1].control_vectors)
     pd.testing.assert_frame_equal(runs[0].history, runs[1].history)
+
+
+def test_frozen_forget_every_k_trains_bitwise_the_same_weights_and_history(word_tokenizer):
+    """Two topics, 10 steps (batches 0..4 of each), diagnostics on every 3rd batch and each
+    topic's last step: batches 0, 3, 4 carry the frozen-forget columns, 1 and 2 hold NaN."""
+    cfg = rmu.RMUConfig(layer=2, update_layers=(1, 2), steering_coef=20.0, alpha=10.0, lr=1e-2,
+                        steps=10, batch_size=2, frozen_forget_every=1)  # fmt: skip
+    runs = {}
+    for every in (1, 3):
+        model = _model(word_tokenizer, rotary=True)
+        config = rmu.RMUConfig.from_dict({**cfg.to_dict(), "frozen_forget_every": every})
+        runs[every] = (model, rmu.train_rmu(model, [FORGET_A, FORGET_B], [RETAIN] * 2, config,
+                                            progress=False))  # fmt: skip
+    (model_1, every_step), (model_3, sparse) = runs[1], runs[3]
+    for name, tensor in every_step.unlearned_weights.items():
+        assert torch.equal(tensor, sparse.unlearned_weights[name])
+        assert not torch.equal(tensor, every_step.base_weights[name])
+    for (name, p1), (_, p3) in zip(
+        model_1.named_parameters(), model_3.named_parameters(), strict=True
+    ):
+        assert torch.equal(p1, p3), name
+    diagnostics = ["frozen_forget_norm", "cos_forget_frozen"]
+    assert sparse.history.batch[sparse.history[diagnostics[0]].isna()].tolist() == [1, 1, 2, 2]
+    assert sparse.history[diagnostics].isna().sum().tolist() == [4, 4]
+    assert every_step.history[diagnostics].notna().all().all()
+    kept = sparse.history[diagnostics[0]].notna()
+    pd.testing.assert_frame_equal(sparse.history[kept], every_step.history[kept])
+    others = [c for c in rmu.HISTORY_COLUMNS if c not in diagnostics]
+    pd.testing.assert_frame_equal(sparse.history[others], every_step.history[others])
+
+
+def test_sparse_diagnostics_history_round_trips_and_still_plots(word_tokenizer, tmp_path):
+    from unlearn_interp import analysis, plotting
+
+    cfg = rmu.RMUConfig(layer=1, steering_coef=10.0, steps=6, batch_size=2, frozen_forget_every=2)
+    result = rmu.train_rmu(_model(word_tokenizer), [FORGET_A], [RETAIN], cfg, progress=False)
+    assert result.history.frozen_forget_norm.isna().tolist() == [False, True, False, True] + [
+        False,
+        False,
+    ]  # batches 0, 2, 4 and the last step (5)
+    result.save(tmp_path / "run")
+    loaded = rmu.RMUResult.load(tmp_path / "run")
+    pd.testing.assert_frame_equal(loaded.history, result.history, check_dtype=False)
+    fig = plotting.plot_training_curves(analysis.training_curves(loaded))
+    frozen = [t for t in fig.data if t.legendgroup == "frozen_forget_norm"]
+    assert frozen[0].connectgaps  # the points every k steps are drawn as one line
+    assert "nan" not in fig.layout.title.text
 
 
 def test_given_control_vectors_are_normalised_and_used(word_tokenizer):

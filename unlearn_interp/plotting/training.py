@@ -61,6 +61,7 @@ def plot_training_curves(history: pd.DataFrame, *, title: str | None = None) -> 
                         legendgroup=column,
                         showlegend=i == 0,
                         mode="lines",
+                        connectgaps=True,  # frozen-forget columns: NaN between diagnostic steps
                         line={"color": color, "dash": TOPIC_DASHES[i % 4], "width": 2},
                         hovertext=f"topic {topic}",
                     ),

@@ -19,6 +19,10 @@ What differs from the reference is the cost, not the result:
   no-grad pass (``torch.func.functional_call``), so there is never a second copy of the model;
 * only the trained tensors require grad, and the forget and retain terms are back-propagated one
   after the other, so only one of their graphs is alive at a time;
+* the frozen model's forget pass, which feeds only the history's ``frozen_forget_norm`` and
+  ``cos_forget_frozen`` (the reference's ``verbose`` logging), runs every
+  ``RMUConfig.frozen_forget_every`` batches (10) and on each topic's last step; other rows hold
+  NaN there, and the trained weights are bitwise the same for any setting;
 * ``mask_padding=True`` (the default) excludes padding from both terms; ``False`` is the
   reference's unmasked mean, in which pads are pulled toward ``c * u`` too.
 

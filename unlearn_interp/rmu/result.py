@@ -49,7 +49,8 @@ class RMUResult:
     control_vectors: Float[Tensor, "n_topics d_model"]  # unit, one per topic
     coefficients: Float[Tensor, " n_topics"]  # c_t (fixed, or beta * frozen norm if adaptive)
     config: RMUConfig
-    history: pd.DataFrame  # one row per step, columns HISTORY_COLUMNS
+    history: pd.DataFrame  # one row per step, columns HISTORY_COLUMNS; frozen_forget_norm and
+    # cos_forget_frozen are NaN off diagnostic steps (RMUConfig.frozen_forget_every)
     model_info: dict[str, Any] = dataclasses.field(default_factory=dict)  # name, d_model, n_layers
 
     @property

@@ -5,6 +5,12 @@ documents), as the reference does. Only the trained tensors require grad (``trai
 which also puts the base weights back after any error), and the forget and retain terms are
 back-propagated one after the other, so only one of their graphs is alive at a time.
 
+The frozen model's pass over the forget batch feeds only two history columns
+(``frozen_forget_norm``, ``cos_forget_frozen``), never the loss, so it runs on every
+``cfg.frozen_forget_every``-th batch of each topic and on each topic's last step; the other rows
+hold NaN in those two columns (plots and means skip NaN). Trained weights are bitwise the same
+for any ``frozen_forget_every``: the pass runs without gradient and touches no state.
+
 >>> cfg = RMUConfig(layer=7, steps=150)                                      # doctest: +SKIP
 >>> result = train_rmu(model, forget=[bio, cyber], retain=[wiki, wiki], cfg=cfg)  # doctest: +SKIP
 """
@@ -56,8 +62,8 @@ class StepRecord:
     retain_loss: float  # mse(h_upd(x_R), h_frz(x_R)), before multiplying by alpha
     loss: float  # forget_loss + alpha * retain_loss: what was minimised
     forget_norm: float  # mean ||h_upd(x_F)|| over real tokens
-    frozen_forget_norm: float  # mean ||h_frz(x_F)|| over real tokens
-    cos_forget_frozen: float
+    frozen_forget_norm: float  # mean ||h_frz(x_F)|| over real tokens; NaN off diagnostic steps
+    cos_forget_frozen: float  # NaN off diagnostic steps (RMUConfig.frozen_forget_every)
     cos_forget_u: float
     cos_retain_frozen: float
 
@@ -81,7 +87,7 @@ class StepTensors:
     forget_loss: Float[Tensor, ""]
     retain_loss: Float[Tensor, ""]
     h_forget: Float[Tensor, "batch pos d_model"]
-    h_forget_frozen: Float[Tensor, "batch pos d_model"]
+    h_forget_frozen: Float[Tensor, "batch pos d_model"] | None  # None: no diagnostics this step
     h_retain: Float[Tensor, "batch pos_r d_model"]
     h_retain_frozen: Float[Tensor, "batch pos_r d_model"]
     forget_mask: Int[Tensor, "batch pos"]  # attention masks: the metrics count real tokens only
@@ -91,6 +97,7 @@ class StepTensors:
         """The history row: losses as floats, norms and cosines as float64 token means."""
         forget, retain = self.forget_loss.item(), self.retain_loss.item()
         h_f, f_frozen, f_mask = self.h_forget, self.h_forget_frozen, self.forget_mask
+        nan = float("nan")
         with torch.no_grad():
             return StepRecord(
                 step=self.step,
@@ -100,8 +107,8 @@ class StepTensors:
                 retain_loss=retain,
                 loss=forget + self.alpha * retain,
                 forget_norm=mean_token_norm(h_f, f_mask),
-                frozen_forget_norm=mean_token_norm(f_frozen, f_mask),
-                cos_forget_frozen=cos_mean(h_f, f_frozen, f_mask),
+                frozen_forget_norm=nan if f_frozen is None else mean_token_norm(f_frozen, f_mask),
+                cos_forget_frozen=nan if f_frozen is None else cos_mean(h_f, f_frozen, f_mask),
                 cos_forget_u=cos_mean(h_f, self.target, f_mask),
                 cos_retain_frozen=cos_mean(self.h_retain, self.h_retain_frozen, self.retain_mask),
             )
@@ -135,12 +142,21 @@ class RMUTrainer:
         rb = encode(topic_batch(self.retain[topic], index, bs), self.retain_len)
         return topic, index, fb, rb
 
+    def diagnoses(self, step: int) -> bool:
+        """Whether step ``step`` runs the frozen forget pass (history diagnostics only): every
+        ``cfg.frozen_forget_every``-th batch of its topic, and each topic's last step."""
+        n_topics = len(self.forget)
+        _, index = schedule(step, n_topics)
+        last = step >= self.cfg.steps - n_topics
+        return last or index % self.cfg.frozen_forget_every == 0
+
     def step(self, optimizer: torch.optim.Optimizer, step: int) -> StepRecord:
         """One optimiser step on topic ``step % n_topics``; returns its history row."""
         topic, index, fb, rb = self.batches(step)
         fwd, alpha = self.forward, self.alphas[topic]
         f0, r0 = fwd.prefix(fb), fwd.prefix(rb)
-        f_frozen, r_frozen = fwd.frozen_suffix(f0, fb), fwd.frozen_suffix(r0, rb)
+        f_frozen = fwd.frozen_suffix(f0, fb) if self.diagnoses(step) else None
+        r_frozen = fwd.frozen_suffix(r0, rb)
         f_mask = fb.attention_mask if self.cfg.mask_padding else None
         r_mask = rb.attention_mask if self.cfg.mask_padding else None
         optimizer.zero_grad(set_to_none=True)
