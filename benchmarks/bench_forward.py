@@ -27,7 +27,8 @@ Target (issue 15): ``tl`` / ``hf`` <= 1.15. In float32 the run fails unless ``tl
 ``tl_unpatched`` agree within 1e-4 and ``tl`` and ``hf`` within 1e-3 (the max abs logit
 differences are recorded; TransformerLens' own attention and norms differ from HuggingFace's by
 ~1e-4 on real weights, patched or not, as HuggingFace's eager attention differs from its sdpa;
-that difference is recorded too). Writes benchmarks/results/forward_<device>.json.
+that difference is recorded too). Writes benchmarks/results/forward_<device>.json
+(forward_<device>_<checkpoint>.json for a subset).
 """
 
 from __future__ import annotations
@@ -180,7 +181,9 @@ def main() -> None:
           + f"{'|tl-unp|':>11}{'|tl-hf|':>11}{'|eager-hf|':>11}")  # fmt: skip
     for r in results:
         print(report_line(r, on_cpu))
-    out = Path(__file__).parent / "results" / f"forward_{args.device.split(':')[0]}.json"
+    names = [r["checkpoint"] for r in results]
+    subset = "" if set(names) == set(CHECKPOINTS) else "_" + "_".join(names)
+    out = Path(__file__).parent / "results" / f"forward_{args.device.split(':')[0]}{subset}.json"
     write_json(out, {
         "batch": args.batch, "seq": args.seq, "device": args.device, "dtype": args.dtype,
         "repeats": args.repeats, "torch_threads": torch.get_num_threads(), "target_tl_over_hf": TARGET,
