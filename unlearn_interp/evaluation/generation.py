@@ -138,14 +138,15 @@ def _prompt_room(model: Model, max_new_tokens: int) -> int:
 def _next_token(
     logits: Float[Tensor, "batch d_vocab"], sampling: _Sampling
 ) -> tuple[Int[Tensor, " batch"], Float[Tensor, " batch"]]:
-    """The chosen token of each row and the entropy (nats) of its next-token distribution."""
-    logprobs = logits.log_softmax(-1)
+    """The chosen token of each row and the entropy (nats) of its next-token distribution
+    (``entr(p) = -p log p`` is 0 where ``p`` is 0, so a logit of -inf adds nothing)."""
+    probs = logits.softmax(-1)
+    entropy = torch.special.entr(probs).sum(-1)
     if sampling.greedy:
-        chosen = logits.argmax(-1)
-    else:
+        return logits.argmax(-1), entropy
+    if sampling.temperature != 1.0:
         probs = (logits / sampling.temperature).softmax(-1)
-        chosen = torch.multinomial(probs, 1, generator=sampling.generator).squeeze(-1)
-    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    chosen = torch.multinomial(probs, 1, generator=sampling.generator).squeeze(-1)
     return chosen, entropy
 
 
@@ -156,7 +157,7 @@ def _decode(
     device = models.model_device(model)
     batch = batch.to(device)
     n = batch.tokens.shape[0]
-    cache = activations.new_kv_cache(model, n)
+    cache = activations.new_kv_cache(model, n, max_len=batch.tokens.shape[1] + max_new_tokens)
     eos = model.tokenizer.eos_token_id
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     steps: list[tuple[Tensor, ...]] = []  # per step: chosen, max logit, entropy, alive  [n] each
