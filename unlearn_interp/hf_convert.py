@@ -9,8 +9,14 @@ runs HuggingFace modules directly would not need this module at all.
   ``HookedTransformerConfig`` (context capped at :data:`MAX_CTX`).
 * :func:`convert_state_dict` converts a loaded HF model's weights; :func:`hf_tensor_to_tl`
   converts one safetensors tensor at a time (for comparing two checkpoints lazily).
+* :func:`checkpoint_shards` and :func:`load_checkpoint_tensors` stream a checkpoint's
+  safetensors shards into a model's parameters, one tensor (and one 4 MB slab) at a time, from
+  a memory map: ``load_model``'s peak host memory is the model plus a few slabs, and bfloat16
+  stays bfloat16 (the HF model is never built).
 
     >>> cfg = tl_config_from_hf(read_hf_config(Path("/ckpts/zephyr")), model_name="zephyr")  # doctest: +SKIP
+    >>> load_checkpoint_tensors(dict(model.named_parameters()), checkpoint_shards(path), cfg,
+    ...                         tie_word_embeddings=False)                        # doctest: +SKIP
 """
 
 from __future__ import annotations
