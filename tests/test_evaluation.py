@@ -388,6 +388,55 @@ def test_length_groups_are_the_batches_of_least_padding(call_cost):
     assert len(scoring.length_groups([9] * 7, 3, 1000)) == 3
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])  # learned positions; rotary + grouped-query
+def test_shared_prompt_prefix_runs_once_and_scores_stay_within_1e_4(
+    tmp_path, monkeypatch, letter_tokenizer, family
+):
+    ckpt = seeded_checkpoint(family, tmp_path / family, letter_tokenizer, std=0.3)
+    model = models.load_model(ckpt, device="cpu")
+    items = ITEMS[:12]
+    letters = evaluation.mcq_requests(model, items, "letter")  # one description line for all
+    choices = evaluation.mcq_requests(model, items, "continuation", data.MMLU_CONTINUATION_TEMPLATE)
+    requests = letters + choices + random_requests(len(letter_tokenizer), model.cfg.n_ctx)[18:]
+    prefixes = []
+    run_after_prefix = scoring._run_after_prefix
+
+    def spy(model, rows, n_prefix):
+        prefixes.append((len(rows), n_prefix))
+        return run_after_prefix(model, rows, n_prefix)
+
+    monkeypatch.setattr(scoring, "_run_after_prefix", spy)
+    results = {}
+    for reuse in (True, False):
+        for shared in (True, False):
+            monkeypatch.setattr(scoring, "MIN_SHARED_PREFIX", 4 if shared else 10**9)
+            prefixes.clear()
+            results[reuse, shared] = evaluation.score_requests(
+                model, requests, 5, progress=False, reuse_context=reuse
+            )
+            # letters: 12 questions x the description line's tokens skipped, but once per batch
+            skipped = sum(rows * (n - 1) for rows, n in prefixes if n)
+            assert (skipped > 12 * 8) if shared else not any(n for _, n in prefixes)
+    reference = results[False, False]  # whole rows, as the harness runs them
+    assert len({int(np.argmax(s)) for s in reference}) > 1
+    for key, scores in results.items():
+        assert max_abs_diff(scores, reference) < 1e-4, key
+        assert [int(np.argmax(s)) for s in scores] == [int(np.argmax(s)) for s in reference]
+
+    hook = ("blocks.0.hook_resid_post", add_vector_hook(torch.randn(model.cfg.d_model)))
+    shared_prefix, found = scoring._shared_prefix, []
+
+    def spy_found(*args, **kwargs):
+        found.append(shared_prefix(*args, **kwargs))
+        return found[-1]
+
+    monkeypatch.setattr(scoring, "_shared_prefix", spy_found)
+    monkeypatch.setattr(scoring, "MIN_SHARED_PREFIX", 4)
+    with model.hooks(fwd_hooks=[hook]):  # hooks see whole rows: no prefix is split off
+        evaluation.score_requests(model, letters, 5, progress=False)
+    assert len(found) == 3 and found == [0, 0, 0]
+
+
 def test_context_cache_runs_each_context_once(tokenizer):
     model = small_model(tokenizer)
     requests = random_requests(len(tokenizer), model.cfg.n_ctx)[:20]

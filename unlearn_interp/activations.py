@@ -419,6 +419,12 @@ def kv_cache_rows(cache: KVCache, rows: Sequence[int]) -> KVCache:
     return TransformerLensKeyValueCache(entries, pick(cache.previous_attention_mask))
 
 
+def has_forward_hooks(model: Model) -> bool:
+    """True when a forward hook is installed on any of the model's hook points (a caller that
+    would split a pass in two, e.g. to share a prompt prefix, must then keep it whole)."""
+    return any(point.has_hooks(dir="fwd") for point in model.hook_dict.values())
+
+
 def decode_step(
     model: Model,
     tokens: Int[Tensor, "batch pos"],
@@ -442,6 +448,7 @@ __all__ = [
     "check_positions",
     "decode_step",
     "encode_within_context",
+    "has_forward_hooks",
     "iter_batches",
     "kv_cache_rows",
     "last_logprobs",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
@@ -220,7 +221,10 @@ def score_requests(
     (tested to 1e-4 in float32). ``batch_size`` counts sequences per forward pass: contexts,
     continuations or full rows. Rows are sorted by length and cut into the batches that pad
     least (:func:`length_groups`: fewer than ``batch_size`` rows where lengths jump), and only
-    the scored positions go through the unembedding.
+    the scored positions go through the unembedding. Leading tokens that all rows of a batch
+    share (a benchmark's description line) run once, on one row, under a KV cache the rows
+    continue from (:data:`MIN_SHARED_PREFIX` tokens or more; never while forward hooks are
+    installed, so hooks always see whole rows).
 
     Hooks see a cached request in two passes: its context, then its continuations' tokens
     (right-padded rows). Hooks acting on every position alike (steering, ablation) give the
@@ -268,14 +272,11 @@ def _score_rows(
 ) -> None:
     """Score full sequences (:func:`_rows_for`) into ``scores``, longest rows first, in the
     batches of least padding (:func:`length_groups`)."""
-    pad_id = data.pad_token_id(model.tokenizer)
     widths = [len(row.inputs) for row in rows]
     for chunk in length_groups(widths, batch_size, call_cost(model)):
         batch = [rows[i] for i in chunk]
-        logprobs = activations.last_logprobs(
-            model,
-            data.left_pad([r.inputs for r in batch], pad_id),
-            max(len(r.targets) for r in batch),
+        logprobs = _last_logprobs(
+            model, [r.inputs for r in batch], max(len(r.targets) for r in batch)
         )
         values = gather(logprobs, [r.targets for r in batch])  # [batch, n_scored]
         for row, v in zip(batch, values, strict=True):
@@ -284,6 +285,53 @@ def _score_rows(
             else:
                 scores[row.request][row.choice] = v[0]
         bar.update(len(batch))
+
+
+def _last_logprobs(
+    model: Model, inputs: list[tuple[int, ...]], n_positions: int
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """:func:`activations.last_logprobs` of the left-padded ``inputs``, their shared first tokens
+    run once (:func:`_shared_prefix`)."""
+    n_prefix = _shared_prefix(model, inputs, keep=n_positions)
+    if not n_prefix:
+        batch = data.left_pad(inputs, data.pad_token_id(model.tokenizer))
+        return activations.last_logprobs(model, batch, n_positions)
+    resid, _ = _run_after_prefix(model, inputs, n_prefix)
+    return activations.unembed(model, resid[:, -n_positions:]).float().log_softmax(dim=-1)
+
+
+# Fewest leading tokens a batch's rows must share for them to run once (MMLU's description
+# line "The following are multiple choice questions (with answers) about college biology." is
+# 16 of SmolLM2's tokens, a sixth of an MMLU question).
+MIN_SHARED_PREFIX = 4
+
+
+def _shared_prefix(model: Model, rows: Sequence[Sequence[int]], keep: int) -> int:
+    """How many leading tokens all ``rows`` share, leaving at least ``keep`` of each row after
+    them; 0 when that is under :data:`MIN_SHARED_PREFIX`, for a single row, or when forward
+    hooks are installed (they then see every row in one pass, as without sharing)."""
+    if len(rows) < 2 or activations.has_forward_hooks(model):
+        return 0
+    n = min(len(os.path.commonprefix([tuple(r) for r in rows])), min(map(len, rows)) - keep)
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _run_after_prefix(
+    model: Model, rows: Sequence[Sequence[int]], n_prefix: int
+) -> tuple[Float[Tensor, "batch pos d_model"], KVCache]:
+    """Final residuals of each row's tokens after its first ``n_prefix`` (left-padded), and the
+    KV cache of the whole rows. The shared first ``n_prefix`` tokens run once, on one row whose
+    keys and values are then copied to every row; positions come from the attention masks, so
+    each token sits where it would in its whole row (padding between the two parts is masked)."""
+    device = models.model_device(model)
+    cache = activations.new_kv_cache(model, 1 if n_prefix else len(rows))
+    if n_prefix:
+        prefix = torch.tensor([list(rows[0][:n_prefix])], device=device)
+        activations.decode_step(model, prefix, torch.ones_like(prefix), cache)
+        cache = activations.kv_cache_rows(cache, [0] * len(rows))
+    rest = data.left_pad([r[n_prefix:] for r in rows], data.pad_token_id(model.tokenizer))
+    rest = rest.to(device)
+    return activations.decode_step(model, rest.tokens, rest.attention_mask, cache), cache
 
 
 @dataclasses.dataclass
@@ -311,7 +359,8 @@ def _score_on_context_cache(
 ) -> None:
     """Score the requests ``chunk`` (at most ``batch_size``) into ``scores``.
 
-    One left-padded pass over their contexts fills a KV cache; its last position scores every
+    One left-padded pass over their contexts (their shared first tokens run once:
+    :func:`_run_after_prefix`) fills a KV cache; its last position scores every
     continuation's first token. Then the continuations' other tokens run on copies of their
     request's cached row, at most ``batch_size`` rows at a time, batched by length
     (:func:`length_groups`, :func:`_continuation_resid`).
@@ -320,10 +369,8 @@ def _score_on_context_cache(
     the unembedding together (one unembedding call, not one per piece).
     """
     reqs = [requests[i] for i in chunk]
-    batch = data.left_pad([r.context for r in reqs], data.pad_token_id(model.tokenizer))
-    batch = batch.to(models.model_device(model))
-    cache = activations.new_kv_cache(model, len(reqs))
-    resid = activations.decode_step(model, batch.tokens, batch.attention_mask, cache)
+    contexts = [r.context for r in reqs]
+    resid, cache = _run_after_prefix(model, contexts, _shared_prefix(model, contexts, keep=1))
     bar.update(len(reqs))  # resid: [n_req, ctx_pos, d_model]
     slots = [(b, k) for b, r in enumerate(reqs) for k in range(len(r.continuations))]
     # Row b of resid[:, -1] scores request b's first tokens.
