@@ -2,7 +2,7 @@
 HuggingFace ``transformers``, with and without ``backend_speed``'s weight layout.
 
 Usage:
-    python benchmarks/bench_forward.py                   # all three checkpoints, 1 CPU thread (~4 min)
+    python benchmarks/bench_forward.py                   # all three checkpoints, 1 CPU thread (~3 min; 6 on a busy 2-core machine)
     python benchmarks/bench_forward.py --checkpoint smollm2-135m --repeats 9
     python benchmarks/bench_forward.py --device cuda --dtype bfloat16 --threads 0
 

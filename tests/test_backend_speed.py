@@ -150,11 +150,17 @@ def test_a_variant_applied_in_place_changes_both_alike(pair, tokens):
 
 
 def test_a_training_step_updates_both_alike(pair, tokens):
-    names = ["blocks.1.mlp.W_out", "blocks.0.attn.W_Q", "blocks.1.attn.W_O", "unembed.W_U"]
+    # RMU's optimiser (AdamW, eps 1e-6) on W_out as RMU trains it, and on the other relaid matrices
+    kv = (
+        "blocks.0.attn._W_K"
+        if "blocks.0.attn._W_K" in dict(pair[0].named_parameters())
+        else "blocks.0.attn.W_K"
+    )
+    names = ["blocks.1.mlp.W_out", "blocks.0.attn.W_Q", kv, "blocks.1.attn.W_O", "unembed.W_U"]
     trained = []
     for m in pair:
         params = [models.get_param(m, n) for n in names]
-        optimizer = torch.optim.AdamW(params, lr=1e-2)
+        optimizer = torch.optim.AdamW(params, lr=1e-2, eps=1e-6)
         for _ in range(2):
             optimizer.zero_grad()
             m(tokens, return_type="loss").backward()
