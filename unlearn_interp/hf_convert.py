@@ -12,7 +12,8 @@ runs HuggingFace modules directly would not need this module at all.
 * :func:`checkpoint_shards` and :func:`load_checkpoint_tensors` stream a checkpoint's
   safetensors shards into a model's parameters, one tensor (and one 4 MB slab) at a time, from
   a memory map: ``load_model``'s peak host memory is the model plus a few slabs, and bfloat16
-  stays bfloat16 (the HF model is never built).
+  stays bfloat16 (the HF model is never built). :func:`model_through_transformers` is the
+  whole-model path, kept for pickled ``.bin`` checkpoints.
 
     >>> cfg = tl_config_from_hf(read_hf_config(Path("/ckpts/zephyr")), model_name="zephyr")  # doctest: +SKIP
     >>> load_checkpoint_tensors(dict(model.named_parameters()), checkpoint_shards(path), cfg,
@@ -34,7 +35,7 @@ from typing import Any
 import einops
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformerConfig
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from unlearn_interp.errors import UnlearnInterpError
 
@@ -176,6 +177,33 @@ def convert_state_dict(hf_model: Any, cfg: HookedTransformerConfig) -> dict[str,
             re.sub(r"attn\._([Wb]_[KV])$", r"attn.\1", k): v for k, v in state_dict.items()
         }
     return state_dict
+
+
+def model_through_transformers(
+    path: Path, cfg: HookedTransformerConfig, trust_remote_code: bool
+) -> HookedTransformer:
+    """The whole HuggingFace model built, converted and copied into a HookedTransformer: about
+    twice the model in host memory (``load_model``'s path for pickled ``.bin`` checkpoints)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=cfg.dtype, trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        raise UnlearnInterpError(f"{path} has no readable weights ({err})") from err
+    state_dict = convert_state_dict(hf_model, cfg)
+    del hf_model
+    model = HookedTransformer(cfg, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    return model
 
 
 _GPT2_LAYER = re.compile(r"^h\.(\d+)\.(.+)$")

@@ -332,7 +332,7 @@ def _load_local_checkpoint(
     else:
         log.info("%s has no safetensors shards: loading it through transformers (peak host "
                  "memory about twice the model's)", path)  # fmt: skip
-        model = _model_through_transformers(path, cfg, trust_remote_code)
+        model = hf_convert.model_through_transformers(path, cfg, trust_remote_code)
     attach_tokenizer(model, tokenizer)
     return model.to(device, print_details=False)  # TransformerLens would print to stdout
 
@@ -345,32 +345,6 @@ def _unfilled_model(cfg: HookedTransformerConfig) -> HookedTransformer:
         return HookedTransformer(cfg, move_to_device=True)
     finally:
         cfg.init_weights = True
-
-
-def _model_through_transformers(
-    path: Path, cfg: HookedTransformerConfig, trust_remote_code: bool
-) -> HookedTransformer:
-    """The whole HuggingFace model, converted (for pickled ``.bin`` checkpoints)."""
-    from transformers import AutoModelForCausalLM
-
-    try:
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=cfg.dtype, trust_remote_code=trust_remote_code
-        )
-    except OSError as err:
-        raise UnlearnInterpError(f"{path} has no readable weights ({err})") from err
-    state_dict = hf_convert.convert_state_dict(hf_model, cfg)
-    del hf_model
-    model = HookedTransformer(cfg, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
-    return model
 
 
 def _local_tokenizer(path: Path, trust_remote_code: bool) -> Any:
