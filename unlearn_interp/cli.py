@@ -48,8 +48,8 @@ RMU_HELP = {
     "max_len": f"forget tokens per document; {PER_TOPIC}",
     "adaptive_beta": "Adaptive RMU: c = beta * frozen forget-activation norm (replaces c)",
     "control_vector": "how the control vectors u are drawn",
-    "mask_padding": "exclude padding from the loss (--no-mask-padding: the reference's "
-    "unmasked loss, padding pulled toward c*u too)",
+    "mask_padding": "exclude padding from the loss (--no-mask-padding: the reference's loss)",
+    "frozen_forget_every": "frozen-model forget diagnostics every k batches (1: every step)",
     "seed": "seeds the control vectors",
 }
 
