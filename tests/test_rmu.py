@@ -139,6 +139,14 @@ def test_config_round_trips_through_json():
         rmu.RMUConfig.from_dict({**cfg.to_dict(), "steering_coeff": 1.0})
 
 
+def test_diagnostics_cadence_is_recorded_only_when_it_is_not_the_default():
+    # runs recorded before the field existed compare equal, so they still resume
+    assert "frozen_forget_every" not in rmu.RMUConfig(layer=7).to_dict()
+    every_step = rmu.RMUConfig(layer=7, frozen_forget_every=1)
+    assert every_step.to_dict()["frozen_forget_every"] == 1
+    assert rmu.RMUConfig.from_dict(every_step.to_dict()) == every_step
+
+
 def test_adam_eps_defaults_to_the_reference_and_is_recorded():
     cfg = rmu.RMUConfig(layer=7)
     assert cfg.adam_eps == 1e-6 and cfg.to_dict()["adam_eps"] == 1e-6

@@ -26,6 +26,8 @@ CONTROL_VECTOR_KINDS = ("uniform", "gaussian")
 LEGACY_ADAM_EPS = 1e-8
 
 PER_TOPIC_FIELDS = ("steering_coef", "alpha", "max_len")
+# How often (in batches of a topic) the frozen model's forget pass runs for diagnostics.
+FROZEN_FORGET_EVERY = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,9 @@ class RMUConfig:
     control_vector: str = "uniform"  # "uniform" in [0,1) then normalised (reference) or "gaussian"
     mask_padding: bool = True  # False = the reference's unmasked mean, pads pulled toward c*u too
     seed: int = 42  # seeds the control vectors
-    frozen_forget_every: int = 10  # the frozen model's forget pass (history's frozen_forget_norm,
+    frozen_forget_every: int = (
+        FROZEN_FORGET_EVERY  # the frozen model's forget pass (history's frozen_forget_norm,
+    )
     # cos_forget_frozen; nothing trains on it) runs on every k-th batch of each topic and on each
     # topic's last step, NaN elsewhere; 1 = every step. Weights are identical for any k. 10: ~1%
     # of a step instead of ~10%, and still 9 points per topic over 150 steps
@@ -111,11 +115,12 @@ class RMUConfig:
         return list(value)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (tuples become lists)."""
-        return {
-            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-            for f in dataclasses.fields(self)
-        }
+        """Plain JSON-ready dict (tuples become lists). ``frozen_forget_every`` is left out at
+        its default: it changes no weight, and runs recorded before it existed still resume."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if values["frozen_forget_every"] == FROZEN_FORGET_EVERY:
+            del values["frozen_forget_every"]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
     @classmethod
     def from_dict(cls, values: Any) -> RMUConfig:  # user JSON: checked here
