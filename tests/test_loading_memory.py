@@ -197,13 +197,15 @@ def peak_over_params(path: Path, dtype: str) -> float:
 
 
 def big_checkpoint(family: str, path: Path, tokenizer) -> Path:
-    """A ~60M-parameter checkpoint of ``family`` (16 blocks at d_model 512: Zephyr-7B's
-    proportions for the Llama-style ones, vocabulary 8000; Qwen2 with tied embeddings), random
-    weights written in bfloat16, as Zephyr ships, without building the model."""
+    """A checkpoint of ``family``: for the Llama-style ones issue 15's Zephyr-proportioned shape
+    (32 blocks at d_model 512, ~117M parameters, vocabulary 8000; Qwen2 with tied embeddings),
+    GPT-2 16 blocks at 512; random weights written in bfloat16, as Zephyr ships, without
+    building the model. (At 16 blocks the fixed costs of loading -- tokenizer, buffers -- were
+    a fifth of the parameters and the ratio varied 1.16-1.28 between environments.)"""
     import transformers as tf
 
     llama_like = dict(
-        hidden_size=512, intermediate_size=1792, num_hidden_layers=16, num_attention_heads=8,
+        hidden_size=512, intermediate_size=1792, num_hidden_layers=32, num_attention_heads=8,
         num_key_value_heads=2, vocab_size=8000, max_position_embeddings=512,
     )  # fmt: skip
     configs = {
@@ -242,7 +244,7 @@ def test_peak_memory_of_loading_is_the_parameters_plus_at_most_25_percent(
     family, dtype, tmp_path, tokenizer
 ):
     ratio = peak_over_params(big_checkpoint(family, tmp_path / family, tokenizer), dtype)
-    assert ratio <= 1.25  # measured: mistral 1.16 (float32 1.09), qwen2 1.14, gpt2 1.08
+    assert ratio <= 1.25  # measured at 32 blocks: mistral 1.18 (float32 1.09)
 
 
 @pytest.mark.pretrained
