@@ -55,32 +55,21 @@ ZEPHYR_512 = {"d_model": 512, "n_heads": 8, "n_kv": 2, "d_mlp": 1792, "d_vocab":
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
 
 
-# --- the loader before streaming (verbatim, so the benchmark can always run it) ------------------
+# --- the loader before streaming (the whole-model path load_model keeps for .bin checkpoints) ---
 
 
 def load_before(path: Path, device: str, dtype: torch.dtype):
-    """``models._load_local_checkpoint`` as it was before issue 15: the whole HF model, converted."""
-    from transformer_lens import HookedTransformer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The loader before streaming: the whole HF model built, converted and copied in (the path
+    ``load_model`` keeps for ``.bin`` checkpoints, ``hf_convert.model_through_transformers``)."""
+    from transformers import AutoTokenizer
 
     from unlearn_interp import hf_convert
 
     hf_config = hf_convert.read_hf_config(path, False)
     cfg = hf_convert.tl_config_from_hf(hf_config, model_name=path.name, dtype=dtype, device=device)
-    hf_model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
-    state_dict = hf_convert.convert_state_dict(hf_model, cfg)
-    del hf_model
+    model = hf_convert.model_through_transformers(path, cfg, False)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = models.attach_tokenizer(HookedTransformer(cfg, move_to_device=False), tokenizer)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
-    return model.to(device, print_details=False)
+    return models.attach_tokenizer(model, tokenizer).to(device, print_details=False)
 
 
 def load_streamed(path: Path, device: str, dtype: torch.dtype):

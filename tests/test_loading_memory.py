@@ -24,26 +24,15 @@ PROMPTS = ["The quick brown fox jumps over the lazy dog.", "Answer: B"]
 
 
 def load_before(path: Path, dtype: torch.dtype = torch.float32):
-    """The loader before streaming, verbatim: the whole HF model built, converted, copied in."""
-    from transformer_lens import HookedTransformer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The loader before streaming: the whole HF model built, converted and copied in (kept as
+    ``hf_convert.model_through_transformers``, the path of ``.bin`` checkpoints)."""
+    from transformers import AutoTokenizer
 
     hf_config = hf_convert.read_hf_config(path, False)
     cfg = hf_convert.tl_config_from_hf(hf_config, model_name=path.name, dtype=dtype, device="cpu")
-    hf_model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
-    state_dict = hf_convert.convert_state_dict(hf_model, cfg)
-    del hf_model
+    model = hf_convert.model_through_transformers(path, cfg, False)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = models.attach_tokenizer(HookedTransformer(cfg, move_to_device=False), tokenizer)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
-    return model.to("cpu", print_details=False)
+    return models.attach_tokenizer(model, tokenizer).to("cpu", print_details=False)
 
 
 def differing_tensors(ours, theirs) -> list[str]:
