@@ -23,6 +23,7 @@ RANKS = {
     "errors": 0,
     "artifacts": 1,
     "checks": 1,
+    "executors": 1,  # serial / Ray executors of the sweep engine: imports only errors (and ray)
     "data": 2,
     "stats": 2,
     "sources": 2,
