@@ -32,6 +32,8 @@ RANKS = {
     "plotting": 3,
     "hf_convert": 4,
     "backend_speed": 4,  # TransformerLens forward patch, installed by models
+    "backend_decode": 4,  # TransformerLens cached-attention patch, installed by models
+    "loader": 4.5,  # models.load_model (whole or first blocks), re-exported by models
     "models": 5,
     "activations": 6,
     "interventions": 7,
@@ -45,14 +47,17 @@ RANKS = {
     "pipeline": 12,
     "study": 13,  # unlearn_interp.study / .gallery: the old import paths, re-exporting pipeline's
     "gallery": 13,
-    "cli": 14,
-    "__init__": 15,
+    "cli_options": 14,  # options several commands share (cli.py declares the commands)
+    "cli": 15,
+    "__init__": 16,
 }
 # Plotting draws DataFrames: it may not import model code, whatever the ranks say.
 PLOTTING_MAY_IMPORT = {"errors", "artifacts", "data", "stats", "plotting"}
 
 # Where TransformerLens may be named: the backend seam.
 SEAM = {"models", "hf_convert", "backend_speed", "activations", "interventions", "variants"}
+SEAM |= {"backend_decode"}  # cached decoding (rotated keys, grouped attention)
+SEAM |= {"loader"}  # load_model, moved out of models
 TL_NAMES = [
     r"\btransformer_lens\b",
     r"\bHookedTransformer\w*",

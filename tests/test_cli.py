@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearn_interp import cli, directions, evaluation, models, organism, rmu, sources
+from unlearn_interp import cli, cli_options, directions, evaluation, models, organism, rmu, sources
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.pipeline import jobs
 from unlearn_interp.pipeline.rundir import with_dtype
@@ -74,7 +74,7 @@ def test_every_rmu_config_field_is_an_option_of_unlearn_and_run(command):
     dests = {a.dest for a in subparsers()[command]._actions}
     fields = {f.name for f in dataclasses.fields(rmu.RMUConfig)}
     assert {cli.RMU_DEST + name for name in fields} <= dests
-    assert fields <= set(cli.RMU_HELP)  # each has its help line
+    assert fields <= set(cli_options.RMU_HELP)  # each has its help line
 
 
 def test_existing_rmu_spellings_parse_into_the_config_they_name():
@@ -164,7 +164,12 @@ def test_cli_imports_only_the_pipeline_errors_and_the_version():
         for alias in node.names
     }
     ours = {name for name in imported if name.startswith("unlearn_interp")}
-    assert ours == {"unlearn_interp", "unlearn_interp.errors", "unlearn_interp.pipeline"}
+    assert ours == {
+        "unlearn_interp",
+        "unlearn_interp.cli_options",
+        "unlearn_interp.errors",
+        "unlearn_interp.pipeline",
+    }
 
 
 # --- jobs reached through the command line -------------------------------------------------------
@@ -199,7 +204,8 @@ def load_model_calls(monkeypatch):
 def test_dtype_and_device_reach_the_model_loader(argv, files, load_model_calls, capsys):
     code, err = run_cli([*argv, "--dtype", "bfloat16", "--device", "cpu"], capsys)
     assert code == 2 and err == [f"{PREFIX} would load ckpt"]
-    assert load_model_calls == [{"device": "cpu", "dtype": torch.bfloat16}]
+    only = {"first_blocks": 2} if argv[0] == "unlearn" else {}  # RMU at layer 1: blocks 0..1
+    assert load_model_calls == [{"device": "cpu", "dtype": torch.bfloat16, **only}]
     assert run_cli(argv, capsys)[0] == 2
     assert load_model_calls[-1]["dtype"] == torch.float32  # the default, as before
 
