@@ -117,3 +117,15 @@ def organism_test(tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("organism_cache")
     return organism.load_organism("test", cache_dir=cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def ray_executor():
+    """One local Ray with 2 worker processes for the whole session (starting Ray takes 5-10 s),
+    shared by the tests that compare serial and Ray results (on the CPU, as the serial side
+    computes, even where GPUs exist); skipped where Ray is missing."""
+    pytest.importorskip("ray")
+    from unlearn_interp.executors import RayExecutor
+
+    with RayExecutor(workers=2, gpus_per_task=0.0) as executor:
+        yield executor

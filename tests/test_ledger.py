@@ -568,8 +568,8 @@ def test_real_model_ledger_defaults_to_its_own_settings_and_loads_the_runs_study
     monkeypatch.setattr(ledger, "asset_paths", lambda cache_dir, progress: {})
     monkeypatch.setattr(ledger, "build_study", fake_build)
     seen = {}
-    monkeypatch.setattr(ledger, "_run_parts", lambda run, subject, settings, force: seen.update(
-        subject=subject, settings=settings) or pd.DataFrame())  # fmt: skip
+    monkeypatch.setattr(ledger, "_run_parts", lambda run, subject, settings, force, executor:
+                        seen.update(subject=subject, settings=settings) or pd.DataFrame())  # fmt: skip
     ledger.run_ledger(out, progress=False)
     assert asked == {"seeds": [0], "topic": "x", "dtype": torch.float32}
     assert seen["settings"] == ledger.MODEL_DEMO_SETTINGS

@@ -33,6 +33,7 @@ from unlearn_interp import artifacts, models, organism, rmu
 from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.data import QA_TEMPLATE, MCQItem
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.executors import Executor
 from unlearn_interp.models import Model
 from unlearn_interp.pipeline.depth import DepthSettings, organism_depth_inputs, step_depth
 from unlearn_interp.pipeline.depth_report import with_depth
@@ -222,6 +223,7 @@ def run_demo(
     dtype: torch.dtype | None = None,
     ledger: bool | LedgerSettings = True,
     depth: bool | DepthSettings = True,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """The whole story on the model organism; returns ``metrics.json``'s content.
 
@@ -231,7 +233,8 @@ def run_demo(
     default :class:`DepthSettings`) adds the depth profile after the analysis and ``ledger``
     (True: the default :class:`LedgerSettings`) runs the recovery ledger on the run last:
     each adds its report.md section and a metrics.json entry (``"depth"``, ``"ledger"``),
-    every other key as without them.
+    every other key as without them. The organism has one RMU seed, so ``executor`` (default
+    serial) runs only the ledger's parts.
 
     >>> metrics = run_demo("runs/demo", size="test")                        # doctest: +SKIP
     """
@@ -257,7 +260,7 @@ def run_demo(
         metrics = step_depth_report(run, org, chosen_depth, progress, metrics)
     if ledger:
         chosen = ledger if isinstance(ledger, LedgerSettings) else LedgerSettings()
-        metrics = step_ledger(run, org, chosen, cache_dir, force, progress, metrics)
+        metrics = step_ledger(run, org, chosen, cache_dir, force, progress, metrics, executor)
     log.info(
         "demo finished in %.1f s; see %s", time.perf_counter() - start, run.path(RunFiles.REPORT)
     )
@@ -286,11 +289,13 @@ def step_ledger(
     force: bool,
     progress: bool,
     metrics: Mapping[str, Any],
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """The recovery ledger on the demo's own run (resumable part by part; its report section
-    appended to report.md) and metrics.json with a ``"ledger"`` entry added."""
+    """The recovery ledger on the demo's own run (resumable part by part, its parts run by
+    ``executor``; its report section appended to report.md) and metrics.json with a
+    ``"ledger"`` entry added."""
     table = run_ledger(run.root, settings=settings, cache_dir=cache_dir, org=org, force=force,
-                       progress=progress)  # fmt: skip
+                       progress=progress, executor=executor)  # fmt: skip
     metrics = {**metrics, "ledger": ledger_metrics(table)}
     artifacts.write_json(run.path(RunFiles.METRICS), metrics)
     return metrics

@@ -12,7 +12,9 @@ where unlearning left the model, 1 is the base model before unlearning.
 The work is split into resumable steps of the run directory, each writing its per-item rows
 (``tables/ledger_<part>_per_item.csv``); the ``ledger`` step turns them into
 ``tables/ledger.csv`` and ``figures/ledger.html``, so an interrupted ledger resumes at the
-first unfinished part.
+first unfinished part. The parts run here one after another, or on the workers of an executor
+(``executor=make_executor("ray", workers=2)``, :mod:`unlearn_interp.executors`) with the same
+table; a ledger started one way can be finished the other.
 
     >>> table = run_ledger("runs/demo")                                    # doctest: +SKIP
     >>> table.query("task == 'hazardous' and model == 'unlearned'")        # doctest: +SKIP
@@ -38,12 +40,14 @@ from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.attacks.finetune import FinetuneConfig
 from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.executors import Executor
 from unlearn_interp.pipeline.ledger_parts import (
     FINETUNE_ATTACKS,
     FORGET_TASKS,
     LedgerContext,
     part_names,
-    planned_parts,
+    read_parts,
+    run_parts,
 )
 from unlearn_interp.pipeline.ledger_subjects import (
     LedgerSubject,
@@ -131,6 +135,7 @@ def run_ledger(
     study: Study | None = None,
     force: bool = False,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
     """Every attack on the unlearned model of demo run ``run_dir`` and on its controls: writes
     ``tables/ledger.csv`` (columns :data:`COLUMNS`), ``figures/ledger.html`` (and PNG where
@@ -143,7 +148,10 @@ def run_ledger(
     from the asset cache, fetched if missing). ``settings`` default to :data:`DEFAULT_SETTINGS`
     for the organism and :data:`MODEL_DEMO_SETTINGS` for the real model. Finished parts are not
     recomputed (``force=True`` recomputes them); the model's weights are as they were
-    afterwards. A demo run rewrites report.md without the ledger section; running the ledger
+    afterwards. ``executor`` runs the unfinished parts (default serial, here; a Ray executor
+    ships the model once and computes the same table; a part failing on every attempt raises
+    :class:`~unlearn_interp.pipeline.ledger_parts.LedgerPartsFailed` once the others are
+    written). A demo run rewrites report.md without the ledger section; running the ledger
     again (nothing is recomputed) puts it back.
 
     >>> table = run_ledger("runs/demo", cache_dir="~/.cache/unlearn_interp")  # doctest: +SKIP
@@ -163,7 +171,7 @@ def run_ledger(
     else:
         study = study or _load_study(demo, cache_dir, progress)
         subject = model_demo_subject(variants, study, settings.seed)
-    return _run_parts(run, subject, settings, force)
+    return _run_parts(run, subject, settings, force, executor=executor)
 
 
 def with_ledger(
@@ -174,10 +182,13 @@ def with_ledger(
     study: Study | None = None,
     force: bool = False,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """The ledger as a real-model demo's last step (resumable part by part; its report
-    section appended to report.md) and metrics.json with a ``"ledger"`` entry added."""
-    table = run_ledger(run.root, settings=settings, study=study, force=force, progress=progress)
+    """The ledger as a real-model demo's last step (resumable part by part, its parts run by
+    ``executor``; its report section appended to report.md) and metrics.json with a
+    ``"ledger"`` entry added."""
+    table = run_ledger(run.root, settings=settings, study=study, force=force, progress=progress,
+                       executor=executor)  # fmt: skip
     metrics = {**metrics, "ledger": ledger_metrics(table)}
     artifacts.write_json(run.path(RunFiles.METRICS), metrics)
     return metrics
@@ -197,17 +208,20 @@ def _load_study(demo: Mapping[str, Any], cache_dir: str | os.PathLike | None,
 
 
 def _run_parts(
-    run: RunDir, subject: LedgerSubject, settings: LedgerSettings, force: bool
+    run: RunDir,
+    subject: LedgerSubject,
+    settings: LedgerSettings,
+    force: bool,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
-    """Every part of the ledger on ``subject`` as a resumable step, then the table, figure
-    and report section."""
+    """Every part of the ledger on ``subject`` as a resumable step (run by ``executor``), then
+    the table, figure and report section (rebuilt whenever a part was computed)."""
     context = LedgerContext(run, subject, settings.seed, settings.batch_size, settings.bits,
                             settings.finetune, settings.finetune_seeds)  # fmt: skip
-    for name, compute in planned_parts(context).items():
-        _part_step(run, name, compute, force)
+    computed = run_parts(context, force, executor)
     outputs = [RunFiles.LEDGER, FIGURE]
     build = lambda: _write_ledger(run, FORGET_TASKS, settings)  # noqa: E731
-    _forced_step(run, "ledger", outputs, build, force)
+    _forced_step(run, "ledger", outputs, build, force or bool(computed))
     table = pd.read_csv(run.path(RunFiles.LEDGER))
     write_report_section(run, table)
     return table
@@ -245,20 +259,6 @@ def _check_ledger_settings(run: RunDir, settings: LedgerSettings, force: bool) -
     run.record_config("ledger", settings.to_dict())
 
 
-def part_file(name: str) -> str:
-    """The per-item rows of one ledger part: ``tables/ledger_<part>_per_item.csv``."""
-    return RunFiles.table(f"ledger_{name}_per_item")
-
-
-def _part_step(run: RunDir, name: str, compute: Callable[[], pd.DataFrame], force: bool) -> None:
-    """One part as a resumable step: its per-item rows written atomically."""
-
-    def write() -> None:
-        run.write_table(f"ledger_{name}_per_item", compute())
-
-    _forced_step(run, f"ledger_{name}", [part_file(name)], write, force)
-
-
 def _forced_step(
     run: RunDir, name: str, outputs: Sequence[str], compute: Callable[[], None], force: bool
 ) -> None:
@@ -267,12 +267,6 @@ def _forced_step(
         for output in outputs:
             run.path(output).unlink(missing_ok=True)
     run.step(name, outputs, compute)
-
-
-def read_parts(run: RunDir, names: Sequence[str]) -> pd.DataFrame:
-    """The per-item rows of the parts ``names``, in that order."""
-    frames = [pd.read_csv(run.path(part_file(name))) for name in names]
-    return pd.concat([f for f in frames if not f.empty], ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------------

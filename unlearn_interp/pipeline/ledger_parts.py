@@ -5,8 +5,10 @@ A part is a function of a :class:`LedgerContext` returning per-item rows (column
 :data:`ITEM_COLUMNS`: ``attack, setting, model, step, task, item, correct, seed``);
 :data:`PARTS` lists the deterministic ones and :data:`SEEDED_PARTS` those run once per
 fine-tuning seed (``seed`` is empty for the first); :func:`planned_parts` puts them in the
-order the ledger runs them (``pipeline.ledger`` makes each a resumable step and turns the rows
-into the table).
+order the ledger runs them, and :func:`run_parts` runs those not finished before, each a
+resumable step writing its own rows (``tables/ledger_<part>_per_item.csv``), in this process or
+on an executor's workers (:mod:`unlearn_interp.executors`); ``pipeline.ledger`` turns the rows
+into the table.
 Every attack goes through :class:`~unlearn_interp.variants.Variant` (weights swapped in and
 hooks installed for one ``with`` block), so no attack outlives its own scoring.
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
@@ -26,12 +30,16 @@ import unlearn_interp.pipeline.steps as steps
 from unlearn_interp import attacks, directions
 from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.attacks.finetune import FinetuneConfig, finetune_curve
+from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.executors import Executor, SerialExecutor, TaskFailed
 from unlearn_interp.interventions import ablation_hooks
 from unlearn_interp.models import Model
 from unlearn_interp.pipeline.ledger_subjects import LedgerSubject
 from unlearn_interp.pipeline.run_variants import RunVariants
 from unlearn_interp.pipeline.rundir import RunDir
 from unlearn_interp.variants import Hook, Variant
+
+log = logging.getLogger(__name__)
 
 ITEM_COLUMNS = ("attack", "setting", "model", "step", "task", "item", "correct", "seed")
 # ledger model name -> the run's variant it starts from
@@ -264,15 +272,116 @@ def planned_parts(context: LedgerContext) -> dict[str, Callable[[], pd.DataFrame
     return plan
 
 
+# ---------------------------------------------------------------------------------------------
+# Running the parts: each a resumable step, in this process or on an executor's workers
+# ---------------------------------------------------------------------------------------------
+
+
+class LedgerPartsFailed(UnlearnInterpError):
+    """Ledger parts that failed on every attempt on an executor's workers (``failed``: part
+    name -> :class:`~unlearn_interp.executors.TaskFailed`), raised once every other part was
+    written, so the ledger run again (on any executor) computes only these."""
+
+    def __init__(self, failed: Mapping[str, TaskFailed]) -> None:
+        self.failed = dict(failed)
+        said = "; ".join(f"{name}: {f.error} ({f.attempts} attempts)" for name, f in failed.items())
+        super().__init__(
+            f"ledger part(s) failed on every attempt, so there is no ledger table ({said}); every "
+            "other part is written: run the ledger again to compute only these"
+        )
+
+
+def part_file(name: str) -> str:
+    """The per-item rows of one ledger part: ``tables/ledger_<part>_per_item.csv``."""
+    return RunFiles.table(f"ledger_{name}_per_item")
+
+
+def part_step(name: str) -> str:
+    """The step name under which a part's time is recorded: ``ledger_<part>``."""
+    return f"ledger_{name}"
+
+
+def part_done(run: RunDir, name: str) -> bool:
+    """Whether part ``name`` finished before: its rows written and its time recorded (what
+    :meth:`RunDir.step` skips on)."""
+    return run.done([part_file(name)]) and part_step(name) in run.seconds()
+
+
+def read_parts(run: RunDir, names: Sequence[str]) -> pd.DataFrame:
+    """The per-item rows of the parts ``names``, in that order."""
+    frames = [pd.read_csv(run.path(part_file(name))) for name in names]
+    return pd.concat([f for f in frames if not f.empty], ignore_index=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class PartTask:
+    """A part's per-item rows and the seconds it took, by part name: the task an executor maps
+    over the unfinished parts. It holds the plan, and through it the context with its models,
+    so a Ray executor puts them in the object store once for every part."""
+
+    plan: Mapping[str, Callable[[], pd.DataFrame]]
+
+    def __call__(self, name: str) -> tuple[pd.DataFrame, float]:
+        start = time.perf_counter()
+        rows = self.plan[name]()
+        return rows, time.perf_counter() - start
+
+
+def run_parts(
+    context: LedgerContext, force: bool = False, executor: Executor | None = None
+) -> list[str]:
+    """Compute every part not finished before (all of them when ``force``) through ``executor``
+    (default serial: here, in :func:`part_names` order) and return their names. This process
+    writes each part's rows and records its time as it finishes, so an interrupted ledger
+    resumes at the parts it lacks, whichever executor ran the others. Parts that fail on every
+    attempt raise :class:`LedgerPartsFailed` after every other part was written.
+
+    >>> run_parts(context, executor=make_executor("ray", workers=2))        # doctest: +SKIP
+    ['reference', 'ablation', 'quantize', 'finetune_seed0']
+    """
+    plan = planned_parts(context)
+    run = context.run
+    todo = [name for name in plan if force or not part_done(run, name)]
+    for name in plan.keys() - set(todo):
+        log.info("ledger part %s skipped: %s already written", name, part_file(name))
+    for name in todo if force else ():  # a forced ledger cut short must not look finished
+        run.path(part_file(name)).unlink(missing_ok=True)
+    executor = executor or SerialExecutor()
+    if executor.name != "serial" and any(name not in PARTS for name in todo):
+        context.subject.controls()  # loaded (an oracle pretrained) once, here, then shipped
+    failed: dict[str, TaskFailed] = {}
+    for index, result in executor.run(PartTask(plan), todo, desc="ledger_part"):
+        if isinstance(result, TaskFailed):
+            failed[todo[index]] = result
+        else:
+            write_part(run, todo[index], *result)
+    if failed:
+        raise LedgerPartsFailed({name: failed[name] for name in todo if name in failed})
+    return todo
+
+
+def write_part(run: RunDir, name: str, rows: pd.DataFrame, seconds: float) -> None:
+    """One finished part: its per-item rows written atomically, then its time recorded."""
+    run.write_table(f"ledger_{name}_per_item", rows)
+    run.record_seconds(part_step(name), seconds)
+    log.info("ledger part %s written (%.1f s)", name, seconds)
+
+
 __all__ = [
     "FORGET_TASKS",
     "ITEM_COLUMNS",
     "PARTS",
     "SEEDED_PARTS",
     "LedgerContext",
+    "LedgerPartsFailed",
+    "PartTask",
     "ablation_settings",
     "ledger_tasks",
+    "part_done",
+    "part_file",
     "part_names",
     "planned_parts",
+    "read_parts",
+    "run_parts",
     "score",
 ]

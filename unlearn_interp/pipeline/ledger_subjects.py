@@ -23,7 +23,6 @@ relearning text about T, the benign (unrelated) text, and the extra fine-tuning 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,7 +35,13 @@ from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.evaluation.mcq import qa_prompt
 from unlearn_interp.models import Model
-from unlearn_interp.organism.oracle import load_oracle, split_facts, split_items, t_documents
+from unlearn_interp.organism.oracle import (
+    FactSplit,
+    load_oracle,
+    split_facts,
+    split_items,
+    t_documents,
+)
 from unlearn_interp.pipeline.run_variants import RunVariants
 from unlearn_interp.pipeline.rundir import RunDir
 from unlearn_interp.pipeline.steps import Task
@@ -101,17 +106,32 @@ def organism_subject(
     split = split_facts(org.world, seed=seed)
     parts = split_items(org, split)
     sets = {"forget_T": parts["T"], "forget_V": parts["V"], "retain": org.benign_mcq}
-
-    @functools.cache
-    def oracle() -> dict[str, tuple[Model, Variant]]:
-        return {"oracle": (load_oracle(org, split, cache_dir, progress).model, Variant("oracle"))}
-
+    oracle = OracleTwin(org, split, cache_dir, progress)
     return LedgerSubject(
         model=org.model, variants=variants,
         tasks={name: Task(items, org.mcq_mode, org.qa_template) for name, items in sets.items()},
         hazardous_prompts=org.hazardous_prompts, relearn_texts=t_documents(org, split),
         benign_texts=org.retain_corpus, controls=oracle,
     )  # fmt: skip
+
+
+@dataclasses.dataclass
+class OracleTwin:
+    """The organism's fine-tuning control, ``{"oracle": (network, variant)}``: its oracle twin
+    for ``split``, loaded from the cache beside the organism (pretrained and cached when
+    missing) on the first call and kept. A plain object rather than a closure, so a ledger
+    shipped to an executor's workers pickles, taking the loaded twin with it."""
+
+    org: organism.Organism
+    split: FactSplit
+    cache_dir: str | os.PathLike | None = None
+    progress: bool = True
+    model: Model | None = dataclasses.field(default=None, repr=False)
+
+    def __call__(self) -> dict[str, tuple[Model, Variant]]:
+        if self.model is None:
+            self.model = load_oracle(self.org, self.split, self.cache_dir, self.progress).model
+        return {"oracle": (self.model, Variant("oracle"))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +289,7 @@ __all__ = [
     "JOBS",
     "MODEL_DEMO_ITEMS",
     "LedgerSubject",
+    "OracleTwin",
     "answered",
     "as_scored",
     "gap_split",
