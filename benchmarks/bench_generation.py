@@ -13,8 +13,14 @@ chat template and left-padded (HF is given our token ids and attention mask, so 
 the same work on both sides), and make ``--new-tokens`` new tokens per prompt, never stopping at
 EOS (ours: ``stop_at_eos=False``; HF: no EOS id), so both do the same number of steps. Four
 settings: batch 1 (``--prompts-b1`` prompts one at a time) and batch 8 (eight prompts in one
-batch), each greedy and sampled (temperature 1, no top-k / top-p on either side). Ours also
-records the largest logit and the entropy of every step, which HF does not: that work is timed.
+batch), each greedy and sampled. Sampled does the same work on both sides: temperature 1,
+top-k and top-p off (HF is passed ``top_k=0, top_p=1.0`` explicitly; SmolLM2's
+generation_config.json sets neither, and older transformers default to top-k 50), so each step
+is a softmax and one ``torch.multinomial`` draw (an exponential per vocabulary entry, ~1 ms per
+row at 49k on one thread) on either side. Ours also records the largest logit and the entropy
+of every step, which HF does not: that work is timed. Ours decodes through
+``unlearn_interp.backend_decode`` (rotated keys cached, grouped-query attention unrepeated);
+``decode_patch`` in the results says whether it was active.
 
 After one warm-up each, the two sides take turns for ``--repeats`` rounds (so load from other
 processes falls on both alike); the medians of wall-clock and process CPU time are reported as
@@ -36,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from unlearn_interp import data, evaluation, models, sources
+from unlearn_interp import backend_decode, data, evaluation, models, sources
 from unlearn_interp.artifacts import library_versions, write_json
 from unlearn_interp.evaluation.generation import chat_prompt
 
@@ -168,6 +174,8 @@ def main() -> None:
         "dtype": args.dtype,
         "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(),
+        "decode_patch": backend_decode.supports(model),
+        "sampling": "temperature 1, top-k and top-p off on both sides (softmax + multinomial)",
         "settings": [],
         "versions": library_versions(),
     }

@@ -33,7 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
 
-from unlearn_interp import data, models
+from unlearn_interp import backend_decode, data, models
 from unlearn_interp.checks import check_int, is_int
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.models import Model
@@ -394,10 +394,15 @@ def new_kv_cache(model: Model, batch_size: int, max_len: int | None = None) -> K
 
     With ``max_len`` (the most positions it will hold, prompt included) keys and values go into
     buffers of that length, so each decoding step copies only its own positions (no-grad use
-    only: with gradients on, or past ``max_len``, it concatenates as TransformerLens does)."""
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size)
+    only: with gradients on, or past ``max_len``, it concatenates as TransformerLens does). Such
+    a cache also keeps keys rotated and shares masks across layers (``backend_decode``) when the
+    model supports it."""
     if max_len is not None:
         check_int(max_len, "max_len", minimum=1)
+        if backend_decode.supports(model):
+            return backend_decode.new_cache(model, batch_size, max_len)
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size)
+    if max_len is not None:
         cache.entries = [
             _BufferedEntry(*(x.new_empty(batch_size, max_len, *x.shape[2:]) for x in pair))
             for pair in ((e.past_keys, e.past_values) for e in cache.entries)
@@ -408,6 +413,8 @@ def new_kv_cache(model: Model, batch_size: int, max_len: int | None = None) -> K
 def kv_cache_rows(cache: KVCache, rows: Sequence[int]) -> KVCache:
     """A new cache holding ``cache``'s rows ``rows`` (repeats allowed): keys, values and
     attention mask alike."""
+    if backend_decode.is_decode_cache(cache):
+        return backend_decode.cache_rows(cache, rows)
 
     def pick(x: Tensor) -> Tensor:
         return x.index_select(0, torch.tensor(list(rows), device=x.device))

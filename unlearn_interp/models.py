@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from unlearn_interp import backend_speed, hf_convert, sources
+from unlearn_interp import backend_decode, backend_speed, hf_convert, sources
 from unlearn_interp.artifacts import atomic_path
 from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 Model = HookedTransformer  # the model type every other module names (the backend's class)
 backend_speed.install()  # weights stored as the forward reads them (see backend_speed)
+backend_decode.install()  # cached decoding keeps rotated keys (see backend_decode)
 
 
 # ---------------------------------------------------------------------------------------------

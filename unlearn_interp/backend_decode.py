@@ -1,0 +1,379 @@
+"""TransformerLens' attention during cached decoding, without redoing past work every step. The
+second place (after :mod:`backend_speed`) where this toolkit changes how TransformerLens (3.9)
+runs, and only for caches :func:`new_cache` made (``activations.new_kv_cache(..., max_len=)``).
+
+**Why.** At every decoding step TransformerLens 3.9's ``AbstractAttention.forward``
+
+* keeps the keys *unrotated* in its cache and rotates every cached key again (``apply_rotary(k,
+  0, attention_mask)`` over all positions), recomputing the position ids from the whole mask;
+* repeats the cached keys and values of grouped-query attention to one per query head
+  (``repeat_interleave``) before both matmuls;
+* rebuilds the causal mask (two ``arange`` and a comparison) in every layer.
+
+On SmolLM2-135M these were ~15% of a batch-1 decoding step.
+
+**What is patched.** :func:`install` (``models`` calls it at import) wraps
+``AbstractAttention.forward``: when the layer's cache entry is a :class:`DecodeEntry`, the
+attention runs :func:`decode_attention`; any other call runs TransformerLens' own forward. A
+:class:`DecodeEntry` stores keys *after* rotation (before ``hook_rot_k``), in buffers of the
+final length; a step rotates only its new keys, with cosines, sines and the mask built once per
+step for all layers (:class:`StepTables`), and multiplies grouped queries by the unrepeated keys
+and values (queries reshaped to ``[batch, kv_head, group x pos, d_head]``).
+
+**Hooks see what they saw.** ``hook_q``/``hook_k``/``hook_v`` see the new positions' projections
+and ``hook_rot_q`` the rotated queries, as in TransformerLens; ``hook_rot_k`` sees all positions'
+rotated keys ``[batch, pos, kv_head, d_head]`` and what it returns is used for this step only
+(rotation is per position, so a key rotated once equals the one TransformerLens rotates again;
+a hook's edit is re-applied each step and never cached, as there). No hook point sees a
+repeated key or value, so grouping changes no hook's view; ``hook_attn_scores``,
+``hook_pattern`` and ``hook_z`` get the ``[batch, head, query, key]`` / ``[batch, pos, head,
+d_head]`` tensors they always get (scores equal up to float rounding of the grouped matmul).
+
+**How it is pinned.** :func:`install` acts only on :data:`TESTED_VERSIONS`; :func:`supports`
+lists the attention features the decode path implements and refuses a model with any other
+(ALiBi, relative bias, local windows, dynamic NTK, log-n scaling, sinks, QKV clipping, OLMo's
+q/k norm, 4-bit weights, ``use_attn_result``), which then decodes through TransformerLens' own
+forward. ``tests/test_backend_decode.py`` checks tokens, per-step logits and every attention
+hook's activations against the unpatched forward.
+
+    >>> from unlearn_interp import activations
+    >>> cache = activations.new_kv_cache(model, 8, max_len=96)          # doctest: +SKIP
+    >>> type(cache.entries[0]).__name__                                  # doctest: +SKIP
+    'DecodeEntry'
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+from collections.abc import Sequence
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer, TransformerLensKeyValueCache
+from transformer_lens import TransformerLensKeyValueCacheEntry as _TLEntry
+from transformer_lens.components import AbstractAttention
+from transformer_lens.utilities.activation_functions import apply_softcap
+from transformer_lens.utilities.tensors import get_offset_position_ids
+
+log = logging.getLogger(__name__)
+
+# TransformerLens releases whose attention forward was read and tested against this decode path.
+TESTED_VERSIONS = ("3.9.",)
+_MARK = "_unlearn_interp_decode"
+_UNSUPPORTED_ARCHITECTURES = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+
+
+@functools.cache
+def backend_version() -> str:
+    """The installed TransformerLens version."""
+    return importlib.metadata.version("transformer_lens")
+
+
+def is_tested_version(version: str | None = None) -> bool:
+    """Whether ``version`` (default: the installed one) is one this patch was tested on."""
+    return (version or backend_version()).startswith(TESTED_VERSIONS)
+
+
+def is_installed() -> bool:
+    """Whether :func:`install` has wrapped TransformerLens' attention forward."""
+    return bool(getattr(AbstractAttention.forward, _MARK, False))
+
+
+def install() -> bool:
+    """Route attention with a :class:`DecodeEntry` through :func:`decode_attention`; idempotent.
+
+    Returns whether the patch is active (False on an untested TransformerLens version, where
+    :func:`supports` is then False for every model and decoding runs unpatched).
+
+    >>> backend_decode.install()                              # doctest: +SKIP
+    True
+    """
+    if is_installed():
+        return True
+    if not is_tested_version():
+        log.info("TransformerLens %s is untested here: decoding runs unpatched", backend_version())
+        return False
+    original = AbstractAttention.forward
+
+    @functools.wraps(original)
+    def forward(self, query_input, key_input, value_input, past_kv_cache_entry=None, **kwargs):
+        if isinstance(past_kv_cache_entry, DecodeEntry):
+            mask = kwargs.pop("attention_mask", None)
+            if any(v is not None for v in kwargs.values()):
+                raise TypeError(f"the decode path takes no {sorted(kwargs)}")
+            return decode_attention(self, query_input, key_input, value_input,
+                                    past_kv_cache_entry, mask)  # fmt: skip
+        return original(self, query_input, key_input, value_input, past_kv_cache_entry, **kwargs)
+
+    setattr(forward, _MARK, True)
+    AbstractAttention.forward = forward
+    return True
+
+
+def supports(model: HookedTransformer) -> bool:
+    """Whether the patch is active (on a tested TransformerLens) and every attention layer of
+    ``model`` uses only features :func:`decode_attention` implements."""
+    if not (is_installed() and is_tested_version()):
+        return False
+    attns = [m for m in model.modules() if isinstance(m, AbstractAttention)]
+    return bool(attns) and all(_supported(a) for a in attns)
+
+
+def _supported(attn: AbstractAttention) -> bool:
+    """Whether one attention layer runs the same under :func:`decode_attention`."""
+    cfg = attn.cfg
+    return (
+        cfg.positional_embedding_type in ("standard", "rotary", "shortformer")
+        and (attn._attention_dir_override or cfg.attention_dir) == "causal"
+        and attn.attn_type == "global"
+        and not cfg.use_dynamic_ntk_rope
+        and not cfg.use_logn_attn
+        and not cfg.use_attention_sinks
+        and cfg.clip_qkv is None
+        and cfg.original_architecture not in _UNSUPPORTED_ARCHITECTURES
+        and not cfg.load_in_4bit
+        and not cfg.use_attn_result
+        and not cfg.ungroup_grouped_query_attention
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+# ---------------------------------------------------------------------------------------------
+
+
+class StepTables:
+    """What every layer of one decoding step shares, built by the first layer that needs it:
+    the new positions' rotary cosines and sines, the boolean mask of allowed keys. Keyed by the
+    attention mask TransformerLens passes to every block of one forward (the same tensor)."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.rotary: dict[int, tuple[Tensor, Tensor]] = {}
+        self.allowed: Tensor | None = None
+
+    def start(self, attention_mask: Tensor | None, offset: int, n_new: int) -> StepTables:
+        """Forget the previous step's tables when this is a new step."""
+        if self.key is None or self.key[0] is not attention_mask or self.key[1:] != (offset, n_new):
+            self.key, self.rotary, self.allowed = (attention_mask, offset, n_new), {}, None
+        return self
+
+
+class DecodeEntry(_TLEntry):
+    """One layer's keys (rotated, for rotary models) and values in buffers of the final length;
+    ``past_keys``/``past_values`` are views of the part written so far. With gradients on, or
+    past the buffer's length, the buffers are replaced by the concatenation (as TransformerLens
+    does)."""
+
+    def __init__(self, keys: Tensor, values: Tensor, tables: StepTables, length: int = 0) -> None:
+        self.keys, self.values, self.tables = (
+            keys,
+            values,
+            tables,
+        )  # [batch, max_len, heads, d_head]
+        self.length, self.frozen = length, False
+
+    @property
+    def past_keys(self) -> Tensor:
+        return self.keys[:, : self.length]
+
+    @property
+    def past_values(self) -> Tensor:
+        return self.values[:, : self.length]
+
+    def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new positions (keys as given: rotate them first) and return all of them."""
+        end = self.length + new_keys.shape[1]
+        if end > self.keys.shape[1] or torch.is_grad_enabled():
+            self.keys = torch.cat([self.past_keys, new_keys], dim=1)
+            self.values = torch.cat([self.past_values, new_values], dim=1)
+        else:
+            self.keys[:, self.length : end] = new_keys
+            self.values[:, self.length : end] = new_values
+        self.length = end
+        return self.past_keys, self.past_values
+
+
+def new_cache(
+    model: HookedTransformer, batch_size: int, max_len: int
+) -> TransformerLensKeyValueCache:
+    """An empty cache of :class:`DecodeEntry` layers for ``batch_size`` rows and up to
+    ``max_len`` positions (only for a model :func:`supports`)."""
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size)
+    tables = StepTables()
+    cache.entries = [
+        DecodeEntry(*(x.new_empty(batch_size, max_len, *x.shape[2:]) for x in pair), tables)
+        for pair in ((e.past_keys, e.past_values) for e in cache.entries)
+    ]
+    return cache
+
+
+def cache_rows(
+    cache: TransformerLensKeyValueCache, rows: Sequence[int]
+) -> TransformerLensKeyValueCache:
+    """A new cache of :class:`DecodeEntry` layers holding ``cache``'s rows ``rows`` (repeats
+    allowed), keys (still rotated), values and attention mask alike."""
+
+    def pick(x: Tensor) -> Tensor:
+        return x.index_select(0, torch.tensor(list(rows), device=x.device))
+
+    tables = StepTables()
+    entries = [DecodeEntry(pick(e.keys), pick(e.values), tables, e.length) for e in cache.entries]
+    return TransformerLensKeyValueCache(entries, pick(cache.previous_attention_mask))
+
+
+def is_decode_cache(cache: TransformerLensKeyValueCache) -> bool:
+    """Whether ``cache`` was made by :func:`new_cache` (its keys are stored rotated)."""
+    return bool(cache.entries) and isinstance(cache.entries[0], DecodeEntry)
+
+
+# ---------------------------------------------------------------------------------------------
+# The attention forward
+# ---------------------------------------------------------------------------------------------
+
+
+def decode_attention(
+    attn: AbstractAttention,
+    query_input: Float[Tensor, "batch pos d_model"],
+    key_input: Float[Tensor, "batch pos d_model"],
+    value_input: Float[Tensor, "batch pos d_model"],
+    entry: DecodeEntry,
+    attention_mask: Int[Tensor, "batch key_pos"] | None,
+) -> Float[Tensor, "batch pos d_model"]:
+    """``attn``'s forward on new positions after those ``entry`` holds (extending it), every
+    hook point firing as in TransformerLens' forward."""
+    q, k, v = attn.calculate_qkv_matrices(query_input, key_input, value_input)
+    offset, n_new = entry.length, q.shape[1]
+    tables = entry.tables.start(attention_mask, offset, n_new)
+    if attn.cfg.positional_embedding_type == "rotary":
+        cos, sin = _rotary_tables(attn, tables, attention_mask, offset, n_new)
+        q = attn.hook_rot_q(_rotate(attn, q, cos, sin))
+        keys, values = entry.append(_rotate(attn, k, cos, sin), v)
+        keys = attn.hook_rot_k(keys.clone() if attn.hook_rot_k._forward_hooks else keys)
+    else:
+        keys, values = entry.append(k, v)
+    scores = _grouped_scores(attn, q, keys)
+    scores = torch.where(_allowed(tables, attention_mask, offset, n_new), scores, attn.IGNORE)
+    pattern = F.softmax(attn.hook_attn_scores(scores), dim=-1)
+    pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+    pattern = attn.hook_pattern(pattern).to(dtype=values.dtype)
+    return _output(attn, _grouped_z(attn, pattern, values))
+
+
+def _rotary_tables(
+    attn: AbstractAttention,
+    tables: StepTables,
+    attention_mask: Int[Tensor, "batch key_pos"] | None,
+    offset: int,
+    n_new: int,
+) -> tuple[Float[Tensor, "batch pos 1 rotary_dim"], Float[Tensor, "batch pos 1 rotary_dim"]]:
+    """The new positions' rotary cosines and sines, gathered once per step and rotary table
+    exactly as ``AbstractAttention.apply_rotary`` gathers them."""
+    if offset + n_new > attn.rotary_cos.shape[0]:  # TransformerLens' table extension
+        attn._extend_rotary_embeddings(
+            min(attn.cfg.n_ctx, max(offset + n_new, 2 * attn.rotary_cos.shape[0]))
+        )
+    key = id(attn.rotary_cos)
+    if key not in tables.rotary:
+        if attention_mask is None:
+            where = slice(offset, offset + n_new)
+            pair = attn.rotary_cos[None, where, None, :], attn.rotary_sin[None, where, None, :]
+        else:
+            positions = get_offset_position_ids(offset, attention_mask)
+            positions = positions.to(attn.rotary_cos.device)
+            pair = attn.rotary_cos[positions, None, :], attn.rotary_sin[positions, None, :]
+        tables.rotary[key] = pair
+    return tables.rotary[key]
+
+
+def _rotate(
+    attn: AbstractAttention,
+    x: Float[Tensor, "batch pos head d_head"],
+    cos: Float[Tensor, "batch pos 1 rotary_dim"],
+    sin: Float[Tensor, "batch pos 1 rotary_dim"],
+) -> Float[Tensor, "batch pos head d_head"]:
+    """``AbstractAttention.apply_rotary``'s arithmetic on given cosines and sines (the same
+    operations in the same order, so the same values)."""
+    dim = attn.cfg.rotary_dim
+    x_rot, x_pass = x[..., :dim], x[..., dim:]
+    if attn.cfg.rotary_adjacent_pairs:
+        x_flip = torch.stack([-x_rot[..., 1::2], x_rot[..., ::2]], dim=-1).flatten(-2)
+    else:
+        half = dim // 2
+        x_flip = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
+    rotated = x_rot * cos + x_flip * sin
+    return rotated if x_pass.shape[-1] == 0 else torch.cat([rotated, x_pass], dim=-1)
+
+
+def _allowed(
+    tables: StepTables, attention_mask: Int[Tensor, "batch key_pos"] | None, offset: int, n_new: int
+) -> Bool[Tensor, "batch 1 pos key_pos"]:
+    """Which keys each new position may attend to (causal, and not padding), once per step."""
+    if tables.allowed is None:
+        device = attention_mask.device if attention_mask is not None else None
+        queries = torch.arange(offset, offset + n_new, device=device)
+        keys = torch.arange(offset + n_new, device=device)
+        allowed = (keys[None, :] <= queries[:, None])[None, None]
+        if attention_mask is not None:
+            allowed = allowed & attention_mask[:, None, None, :].bool()
+        tables.allowed = allowed
+    return tables.allowed
+
+
+def _grouped_scores(
+    attn: AbstractAttention,
+    q: Float[Tensor, "batch pos head d_head"],
+    keys: Float[Tensor, "batch key_pos kv_head d_head"],
+) -> Float[Tensor, "batch head pos key_pos"]:
+    """Attention scores of every query head against its group's key head, without repeating
+    the keys: queries as ``[batch, kv_head, group x pos, d_head]``."""
+    batch, pos, heads, d_head = q.shape
+    kv_heads = keys.shape[2]
+    q_grouped = q.permute(0, 2, 1, 3).reshape(batch, kv_heads, (heads // kv_heads) * pos, d_head)
+    scores = q_grouped @ keys.permute(0, 2, 3, 1) / attn.attn_scale
+    scores = scores.view(batch, heads, pos, keys.shape[1])
+    return apply_softcap(scores, attn.cfg.attn_scores_soft_cap)
+
+
+def _grouped_z(
+    attn: AbstractAttention,
+    pattern: Float[Tensor, "batch head pos key_pos"],
+    values: Float[Tensor, "batch key_pos kv_head d_head"],
+) -> Float[Tensor, "batch pos head d_head"]:
+    """Each head's pattern times its group's value head (``hook_z`` fires on the result)."""
+    batch, heads, pos, key_pos = pattern.shape
+    kv_heads = values.shape[2]
+    grouped = pattern.reshape(batch, kv_heads, (heads // kv_heads) * pos, key_pos)
+    z = grouped @ values.permute(0, 2, 1, 3)  # [batch, kv_head, group x pos, d_head]
+    return attn.hook_z(z.view(batch, heads, pos, -1).permute(0, 2, 1, 3))
+
+
+def _output(
+    attn: AbstractAttention, z: Float[Tensor, "batch pos head d_head"]
+) -> Float[Tensor, "batch pos d_model"]:
+    """The output projection, as TransformerLens computes it without ``use_attn_result``."""
+    w = einops.rearrange(attn.W_O, "head_index d_head d_model -> d_model (head_index d_head)")
+    z = z.reshape(z.shape[0], z.shape[1], -1).to(w.dtype)
+    if z.device.type == "mps":
+        return torch.matmul(z, w.contiguous().T) + attn.b_O
+    return F.linear(z, w.contiguous(), attn.b_O)
+
+
+__all__ = [
+    "DecodeEntry",
+    "StepTables",
+    "TESTED_VERSIONS",
+    "cache_rows",
+    "decode_attention",
+    "install",
+    "is_decode_cache",
+    "is_installed",
+    "is_tested_version",
+    "new_cache",
+    "supports",
+]
