@@ -29,6 +29,7 @@ from unlearn_interp.cli_options import (
     MODEL_HELP,
     RMU_DEST,
     add_corpus_options,
+    add_executor_options,
     add_force_option,
     add_model_options,
     add_organism_options,
@@ -217,6 +218,7 @@ def _add_figures(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> Non
     parser.add_argument(
         "--html", action="store_true", help="also write interactive HTML files into --work"
     )
+    add_executor_options(parser)
     use_job(parser, jobs.figures_job)
 
 

@@ -75,6 +75,12 @@ class SerialExecutor:
     def __repr__(self) -> str:
         return "SerialExecutor()"
 
+    def __enter__(self) -> SerialExecutor:  # as RayExecutor, so callers can always use ``with``
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
 
 class RayExecutor:
     """Ray workers: ``workers`` local CPU worker processes, or the cluster at ``address``.
@@ -195,7 +201,7 @@ class RayExecutor:
             return self.gpus_per_task
         import torch
 
-        return 1 if torch.cuda.is_available() else 0
+        return 1.0 if torch.cuda.is_available() else 0.0
 
 
 def _run_one(task: Callable[[T], R], item: T, threads: int) -> R:
@@ -234,7 +240,9 @@ def make_executor(
     kind: str = "serial", *, workers: int | None = None, address: str | None = None
 ) -> Executor:
     """The executor of ``kind`` (one of :data:`EXECUTORS`): ``"serial"``, or ``"ray"`` with
-    ``workers`` local worker processes (default 2) or the cluster at ``address``.
+    ``workers`` local worker processes (default 2) or the cluster at ``address``. Both are
+    context managers: ``with make_executor("ray") as executor:`` starts Ray once for several
+    sweeps (and stops it after).
 
     >>> make_executor("serial")
     SerialExecutor()

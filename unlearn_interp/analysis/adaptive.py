@@ -34,6 +34,7 @@ from unlearn_interp.analysis.profile import layer_profile, layers_or_all
 from unlearn_interp.analysis.sweeps import Point, Scalar, run_sweep, run_sweep_tables
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.executors import Executor
 from unlearn_interp.models import Model
 from unlearn_interp.variants import Variant, restored_weights
 
@@ -262,6 +263,7 @@ def coefficient_sweep(
     positions: Positions = "all",
     table_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Train RMU at each steering coefficient ``coefs`` (and Adaptive RMU at each ``betas``) on
     ``model``, measure, and put the base weights back before the next point.
@@ -279,7 +281,8 @@ def coefficient_sweep(
     * ``norms``: ``method`` (a label), ``layer``, ``forget_norm`` at every layer.
 
     ``table_dir`` writes ``coef_sweep_<table>.csv`` as it goes and resumes (see
-    :func:`run_sweep`). Plot with ``plotting.plot_accuracy_vs_coef``, ``plot_cos_histograms``,
+    :func:`run_sweep`); ``executor`` runs the points (default: here, in turn), each worker
+    training its own copy of ``model``. Plot with ``plotting.plot_accuracy_vs_coef``, ``plot_cos_histograms``,
     ``plot_maxlogit_histograms`` and ``plot_forget_norm_by_layer``.
 
     >>> tables = coefficient_sweep(model, [bio], [wiki], {"wmdp_bio": items}, cfg,
@@ -300,6 +303,7 @@ def coefficient_sweep(
         settings=run.settings(mcq, setup) | probes.settings(),
         desc="coefficient sweep",
         progress=progress,
+        executor=executor,
     )
 
 
@@ -375,6 +379,7 @@ def layer_sweep(
     setup: MCQSetup = MCQSetup(),  # noqa: B008 -- frozen, so a shared default is safe
     table_path: str | os.PathLike | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
     """RMU with a fixed coefficient vs Adaptive RMU at every layer (Dang et al.'s figure).
 
@@ -386,7 +391,7 @@ def layer_sweep(
     topics), ``forget_norm`` (the frozen model's mean forget-activation norm at that layer over
     the training batches: where it exceeds a fixed c, fixed-c RMU stops working),
     ``final_forget_norm`` and ``final_cos_forget_u`` (the last step of each topic). Plot with
-    ``plotting.plot_layer_sweep``.
+    ``plotting.plot_layer_sweep``. ``executor`` runs the points (see :func:`coefficient_sweep`).
 
     >>> layer_sweep(model, [bio], [wiki], {"bio": bio_items, "mmlu": mmlu}, cfg, beta=5)  # doctest: +SKIP
     """
@@ -405,6 +410,7 @@ def layer_sweep(
         settings=run.settings(mcq, setup) | {"coef": coef, "beta": beta},
         desc="layer sweep",
         progress=progress,
+        executor=executor,
     )
 
 

@@ -35,6 +35,7 @@ from unlearn_interp.analysis.sweeps import Scalar, run_sweep
 from unlearn_interp.checks import check_int
 from unlearn_interp.data import Batch
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.executors import Executor
 from unlearn_interp.models import Model
 
 
@@ -53,6 +54,7 @@ def noise_sensitivity(
     max_len: int | None = None,
     table_path: str | os.PathLike | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
     """Noise sensitivity of the layers after ``l`` (Dang et al.): ``Phi = ||g(h + xi) - g(h)||^2
     / ||g(h)||^2`` with ``h`` the residual stream after block ``l`` and ``g`` the blocks after it.
@@ -67,6 +69,7 @@ def noise_sensitivity(
     the last layer with ``"resid"``, ``Phi`` is then about ``noise_scale^2``). ``Phi`` is the
     mean over the selected real tokens (padding masked) of the per-token ratio, one row per
     ``layer``, ``noise_scale`` and noise ``sample``; the same draws serve every scale.
+    ``executor`` runs the layers (default: here, one after another; see :func:`run_sweep`).
 
     >>> noise_sensitivity(model, forget_prompts, noise_scale=[0.5, 1.0])       # doctest: +SKIP
     """
@@ -85,6 +88,7 @@ def noise_sensitivity(
         settings=settings,
         desc="noise sensitivity",
         progress=progress,
+        executor=executor,
     )
 
 

@@ -5,7 +5,12 @@
 first), writes the table as it goes and resumes an interrupted sweep; :func:`run_sweep_tables` is
 the same for a measurement that returns several tables. The record of finished points lives
 beside the first table (``<stem>.sweep.json``) with the settings the rows depend on, so a rerun
-with other settings starts afresh.
+with other settings starts afresh. An executor (:mod:`unlearn_interp.executors`) says where the
+points run: in this process (the default) or on Ray workers. Points may finish in any order;
+each is written when it finishes, and the tables list the points in the order given, so every
+executor gives the same tables and a sweep started on one can finish on another. A point that
+failed on every attempt of a Ray executor gets one row with ``failed=True`` and its ``error``
+(successful rows then have ``failed=False``) and is not recorded as finished: a rerun retries it.
 
     >>> table = run_sweep([{"layer": l} for l in range(4)],
     ...                   lambda p: {"phi": phi_at(p["layer"])}, table_path="phi.csv")  # doctest: +SKIP
@@ -25,13 +30,16 @@ from tqdm.auto import tqdm
 
 from unlearn_interp import artifacts
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.executors import Executor, SerialExecutor, TaskFailed
 
 log = logging.getLogger(__name__)
 
 Scalar = str | int | float | bool | None
 Point = Mapping[str, Scalar]
 Rows = pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Any]
+Block = dict[str, pd.DataFrame]  # one point's rows, per table
 SWEEP_RECORD_SUFFIX = ".sweep.json"  # beside the first table: settings and finished points
+FAILED, ERROR = "failed", "error"  # columns added when some point failed
 
 
 def run_sweep(
@@ -42,6 +50,7 @@ def run_sweep(
     settings: Mapping[str, Any] | None = None,
     desc: str = "sweep",
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
     """Call ``measure(point)`` for every point and stack the rows it returns into one table.
 
@@ -49,18 +58,21 @@ def run_sweep(
     written (CSV, atomically) after every finished point, so an interrupted sweep keeps its
     finished rows, and a rerun with the same ``settings`` skips the points already done (a
     rerun with other settings starts afresh). ``measure`` returns a DataFrame, a list of
-    row dicts or one row dict.
+    row dicts or one row dict. ``executor`` runs the points (default: serially, here); for
+    Ray, ``measure`` and what it captures must pickle.
 
     >>> table = run_sweep([{"layer": l} for l in range(4)],
     ...                   lambda p: {"phi": phi_at(p["layer"])}, table_path="phi.csv")  # doctest: +SKIP
     """
-    tables = run_sweep_tables(
+    tables = _sweep(
         points,
-        lambda point: {"rows": measure(point)},
-        table_paths=None if table_path is None else {"rows": table_path},
-        settings=settings,
-        desc=desc,
-        progress=progress,
+        _RowsAsTable(measure),
+        {"rows": table_path} if table_path is not None else None,
+        settings,
+        ("rows",),
+        desc,
+        progress,
+        executor,
     )
     return tables["rows"]
 
@@ -73,6 +85,7 @@ def run_sweep_tables(
     settings: Mapping[str, Any] | None = None,
     desc: str = "sweep",
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> dict[str, pd.DataFrame]:
     """:func:`run_sweep` for a ``measure`` that returns several tables, ``{name: rows}``.
 
@@ -84,24 +97,54 @@ def run_sweep_tables(
     >>> tables = run_sweep_tables(points, measure, table_paths={"accuracy": "acc.csv",
     ...                                                         "cos": "cos.csv"})  # doctest: +SKIP
     """
+    names = tuple(table_paths or ())
+    return _sweep(points, measure, table_paths, settings, names, desc, progress, executor)
+
+
+class _RowsAsTable:
+    """``measure`` of :func:`run_sweep` as a one-table measure (a class, so it pickles)."""
+
+    def __init__(self, measure: Callable[[dict[str, Scalar]], Rows]) -> None:
+        self.measure = measure
+
+    def __call__(self, point: dict[str, Scalar]) -> dict[str, Rows]:
+        return {"rows": self.measure(point)}
+
+
+def _sweep(
+    points: Sequence[Point],
+    measure: Callable[[dict[str, Scalar]], Mapping[str, Rows]],
+    table_paths: Mapping[str, str | os.PathLike] | None,
+    settings: Mapping[str, Any] | None,
+    names: Sequence[str],
+    desc: str,
+    progress: bool,
+    executor: Executor | None,
+) -> dict[str, pd.DataFrame]:
+    """The loop both entry points share: run the points not yet finished on ``executor``,
+    keep (and write) each point's tables as it finishes, return them in point order."""
     points = _checked_points(points)
     paths = {name: Path(p) for name, p in (table_paths or {}).items()}
     store = _SweepStore(paths, settings) if paths else None
-    frames = store.load() if store else {}
-    done = {_point_id(f) for f in (store.finished if store else [])}
-    todo = [p for p in points if _point_id(p) not in done]
+    blocks = store.load() if store else {}
+    todo = [p for p in points if _point_id(p) not in blocks]
+    order = {_point_id(p): i for i, p in enumerate(points)}
+    failed: dict[str, TaskFailed] = {}
     with _progress_bar(len(points), len(points) - len(todo), desc, progress) as bar:
-        for point in todo:
-            _add_rows(frames, measure(dict(point)), point, paths if store else None, desc)
+        results = (executor or SerialExecutor()).run(measure, [dict(p) for p in todo], desc)
+        for index, produced in results:
+            point = todo[index]
+            if isinstance(produced, TaskFailed):
+                failed[_point_id(point)] = produced
+            else:
+                blocks[_point_id(point)] = _point_tables(produced, point, paths or None, desc)
             if store:
-                store.save(frames, point)
+                store.save(_in_point_order(blocks, failed, order, names))
             bar.update()
     if store:
         return store.read()
-    return {
-        name: _numeric_keys(pd.concat(parts, ignore_index=True), points[0])
-        for name, parts in frames.items()
-    }
+    tables = _in_point_order(blocks, failed, order, names).tables()
+    return {name: _numeric_keys(table, points[0]) for name, table in tables.items()}
 
 
 def _progress_bar(total: int, done: int, desc: str, progress: bool) -> tqdm:
@@ -110,21 +153,76 @@ def _progress_bar(total: int, done: int, desc: str, progress: bool) -> tqdm:
     )
 
 
-def _add_rows(
-    frames: dict[str, list[pd.DataFrame]],
+def _point_tables(
     produced: Mapping[str, Rows],
     point: Mapping[str, Scalar],
     paths: Mapping[str, Path] | None,
     desc: str,
-) -> None:
-    """Append each table ``measure`` produced at ``point`` (keys first) to ``frames``; with
-    ``paths`` (a written sweep), every table needs one."""
+) -> Block:
+    """Each table ``measure`` produced at ``point``, keys first; with ``paths`` (a written
+    sweep), every table needs one."""
+    tables = {}
     for name, rows in produced.items():
         if paths is not None and name not in paths:
             raise UnlearnInterpError(
                 f"sweep {desc!r}: measure returned table {name!r}, which has no path"
             )
-        frames.setdefault(name, []).append(_with_point(_as_frame(rows), point))
+        tables[name] = _with_point(_as_frame(rows), point)
+    return tables
+
+
+class _Ordered:
+    """Every point's rows (finished and failed), in the order the tables list them."""
+
+    def __init__(self, ids: list[str], blocks: Mapping[str, Block], failed: set[str]) -> None:
+        self.ids, self.blocks, self.failed = ids, blocks, failed
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The tables; with a failed point, ``failed`` marks every row."""
+        names = dict.fromkeys(name for pid in self.ids for name in self.blocks[pid])
+        return {
+            name: pd.concat(
+                [
+                    _marked(self.blocks[pid][name], pid in self.failed, bool(self.failed))
+                    for pid in self.ids
+                    if name in self.blocks[pid]
+                ],
+                ignore_index=True,
+            )  # fmt: skip
+            for name in names
+        }
+
+
+def _in_point_order(
+    blocks: Mapping[str, Block],
+    failed: Mapping[str, TaskFailed],
+    order: Mapping[str, int],
+    names: Sequence[str],
+) -> _Ordered:
+    """The points in this run's order (points of an earlier run that are not among this run's
+    come first, in the order they were recorded); a failed point is one row per table."""
+    names = list(names) or list(dict.fromkeys(n for block in blocks.values() for n in block))
+    if failed and not names:
+        first = next(iter(failed.values()))
+        raise UnlearnInterpError(f"every point of the sweep failed; the first: {first.error}")
+    everything = {**blocks, **{pid: _failure_rows(pid, f, names) for pid, f in failed.items()}}
+    recorded = list(everything)
+
+    def position(pid: str) -> tuple[int, int]:
+        return (1, order[pid]) if pid in order else (0, recorded.index(pid))
+
+    return _Ordered(sorted(recorded, key=position), everything, set(failed))
+
+
+def _failure_rows(pid: str, failure: TaskFailed, names: Sequence[str]) -> Block:
+    """One row per table for a point that failed: its keys, ``failed=True`` and the error."""
+    row = {**json.loads(pid), FAILED: True, ERROR: f"{failure.error} ({failure.attempts} attempts)"}
+    return {name: pd.DataFrame([row]) for name in names}
+
+
+def _marked(frame: pd.DataFrame, is_failure: bool, any_failed: bool) -> pd.DataFrame:
+    """A successful point's rows get ``failed=False`` when some point failed."""
+    return frame.assign(**{FAILED: False}) if any_failed and not is_failure else frame
 
 
 def _checked_points(points: Sequence[Point]) -> list[dict[str, Scalar]]:
@@ -183,19 +281,21 @@ def _with_point(frame: pd.DataFrame, point: Mapping[str, Scalar]) -> pd.DataFram
 
 
 class _SweepStore:
-    """The CSV tables of a sweep and the JSON record of which points finished, with how many
-    rows each table then held (so rows of an unfinished point are dropped on resume)."""
+    """The CSV tables of a sweep and the JSON record of which points finished. The record's
+    ``blocks`` list every point written, in table order, with how many rows it has in each
+    table, so a resumed sweep can put points in order and drops the rows of points that did
+    not finish (or failed). ``points`` and ``counts`` (rows of finished points) are kept for
+    records written before ``blocks`` existed."""
 
     def __init__(self, paths: Mapping[str, Path], settings: Mapping[str, Any] | None) -> None:
         self.paths = dict(paths)
         first = next(iter(self.paths.values()))
         self.record_path = first.with_name(first.stem + SWEEP_RECORD_SUFFIX)
         self.settings = json.loads(json.dumps(dict(settings or {}), default=artifacts.jsonable))
-        self.finished: list[dict[str, Scalar]] = []
-        self.counts: dict[str, int] = {}
+        self.names: list[str] = []  # the tables written
 
-    def load(self) -> dict[str, list[pd.DataFrame]]:
-        """Finished rows of a previous run with the same settings (nothing otherwise)."""
+    def load(self) -> dict[str, Block]:
+        """Finished points' rows of a previous run with the same settings (none otherwise)."""
         if not self.record_path.is_file():
             return {}
         record = artifacts.read_json(self.record_path)
@@ -206,33 +306,66 @@ class _SweepStore:
                 "%s was made with other settings; starting the sweep afresh", self.record_path
             )
             return {}
-        frames = {}
         for name, count in record["counts"].items():
             if count and not self.paths[name].is_file():
                 log.warning("%s is missing; starting the sweep afresh", self.paths[name])
                 return {}
-            frames[name] = [self._read(name, count)]
-        self.finished, self.counts = record["points"], dict(record["counts"])
-        log.info("%s: resuming after %d finished points", self.record_path, len(self.finished))
-        return frames
+        blocks = self._blocks(record) if "blocks" in record else self._legacy_blocks(record)
+        self.names = [name for name in self.paths if name in record["counts"]]
+        log.info("%s: resuming after %d finished points", self.record_path, len(blocks))
+        return blocks
 
-    def _read(self, name: str, count: int) -> pd.DataFrame:
-        return pd.read_csv(self.paths[name]).iloc[:count] if count else pd.DataFrame()
+    def _blocks(self, record: Mapping[str, Any]) -> dict[str, Block]:
+        """Split each table into the record's blocks; keep those of finished points."""
+        tables = {name: self._read(name) for name in self.paths}
+        starts = dict.fromkeys(tables, 0)
+        blocks = {}
+        for entry in record["blocks"]:
+            block = {}
+            for name, n in entry["rows"].items():
+                block[name] = tables[name].iloc[starts[name] : starts[name] + n]
+                block[name] = block[name].drop(columns=[FAILED, ERROR], errors="ignore")
+                starts[name] += n
+            if not entry.get(FAILED):
+                blocks[_point_id(entry["point"])] = block
+        return blocks
 
-    def save(self, frames: Mapping[str, list[pd.DataFrame]], point: Mapping[str, Scalar]) -> None:
-        """Write every table, then the record that ``point`` finished."""
-        for name, parts in frames.items():
-            table = pd.concat(parts, ignore_index=True)
+    def _legacy_blocks(self, record: Mapping[str, Any]) -> dict[str, Block]:
+        """A record without ``blocks``: the finished rows as one block, at the last point."""
+        blocks: dict[str, Block] = {_point_id(point): {} for point in record["points"]}
+        whole = {name: self._read(name).iloc[:count] for name, count in record["counts"].items()}
+        if record["points"]:
+            blocks[_point_id(record["points"][-1])] = whole
+        return blocks
+
+    def _read(self, name: str) -> pd.DataFrame:
+        path = self.paths[name]
+        return pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame()
+
+    def save(self, ordered: _Ordered) -> None:
+        """Write every table (points in order), then the record of the finished points."""
+        self.names = list(ordered.tables())
+        for name, table in ordered.tables().items():
             with artifacts.atomic_path(self.paths[name]) as tmp:
                 table.to_csv(tmp, index=False)
-            self.counts[name] = len(table)
-        self.finished.append(dict(point))
-        record = {"settings": self.settings, "points": self.finished, "counts": self.counts}
+        entries = [
+            {"point": json.loads(pid), FAILED: pid in ordered.failed,
+             "rows": {name: len(t) for name, t in ordered.blocks[pid].items()}}
+            for pid in ordered.ids
+        ]  # fmt: skip
+        finished = [e for e in entries if not e[FAILED]]
+        counts = {name: sum(e["rows"].get(name, 0) for e in finished) for name in self.names}
+        record = {
+            "settings": self.settings,
+            "points": [e["point"] for e in finished],
+            "counts": counts,
+            "blocks": entries,
+        }
         artifacts.write_json(self.record_path, record)
 
     def read(self) -> dict[str, pd.DataFrame]:
         """The tables as written: a resumed and a fresh sweep return the same thing."""
-        return {name: self._read(name, count) for name, count in self.counts.items()}
+        return {name: self._read(name) for name in self.names}
 
 
 __all__ = ["SWEEP_RECORD_SUFFIX", "Point", "Rows", "Scalar", "run_sweep", "run_sweep_tables"]

@@ -34,6 +34,7 @@ import torch
 from unlearn_interp import analysis, models, organism, plotting, rmu
 from unlearn_interp.artifacts import RunFiles, cache_root
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.executors import Executor
 from unlearn_interp.pipeline.demo import organism_rmu_config, run_demo
 from unlearn_interp.pipeline.depth import depth_figure
 from unlearn_interp.pipeline.depth_report import read_depth_tables
@@ -108,6 +109,7 @@ def make_figures(
     progress: bool = True,
     device: str | None = None,
     dtype: torch.dtype | None = None,
+    executor: Executor | None = None,
 ) -> list[Path]:
     """Regenerate every figure of :data:`FIGURES` as ``out_dir/<name>.png``; returns the paths.
 
@@ -115,7 +117,8 @@ def make_figures(
     (default :func:`default_work_dir`); both are reused on a rerun unless ``force``. Static
     export is required: without kaleido and Chrome/Chromium this fails with one sentence
     saying how to get them. ``device`` and ``dtype`` say where the organism runs (it is
-    cached in float32 on the CPU; the committed figures are float32).
+    cached in float32 on the CPU; the committed figures are float32). ``executor`` runs the
+    sweeps' points (default: here, in turn; see :mod:`unlearn_interp.executors`).
 
     >>> make_figures("figures", size="test")                                 # doctest: +SKIP
     [PosixPath('figures/layer_cosines_rmu.png'), ...]
@@ -130,7 +133,9 @@ def make_figures(
     work = Path(work_dir) if work_dir is not None else default_work_dir(size, seed)
     placed = {"device": device, "dtype": dtype}
     figures = demo_set(work / "run", size, seed, force=force, progress=progress, **placed)
-    figures |= adaptive_set(work / "sweeps", size, seed, force=force, progress=progress, **placed)
+    figures |= adaptive_set(
+        work / "sweeps", size, seed, force=force, progress=progress, executor=executor, **placed
+    )
     return save_all(figures, Path(out_dir), html_dir=work / "html" if html else None)
 
 
@@ -205,7 +210,8 @@ def _ablated_profiles(profile: pd.DataFrame, layer: int) -> dict[str, go.Figure]
 def adaptive_set(
     sweep_dir: Path, size: str, seed: int, *, force: bool = False, progress: bool = True, **placed
 ) -> dict[str, go.Figure]:
-    """Coefficient sweep, layer sweep and noise sensitivity on the organism, then their plots."""
+    """Coefficient sweep, layer sweep and noise sensitivity on the organism, then their plots
+    (``placed``: the organism's ``device`` and ``dtype``, and the sweeps' ``executor``)."""
     tables = adaptive_tables(sweep_dir, size, seed, force=force, progress=progress, **placed)
     layer = tables["rmu_layer"]
     coef = tables["coef"]
@@ -227,10 +233,17 @@ def adaptive_set(
 
 
 def adaptive_tables(
-    sweep_dir: Path, size: str, seed: int, *, force: bool = False, progress: bool = True, **placed
+    sweep_dir: Path,
+    size: str,
+    seed: int,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    executor: Executor | None = None,
+    **placed,
 ) -> dict[str, Any]:
-    """Run (or resume) the three sweeps; tables are cached in ``sweep_dir``. ``placed``: the
-    organism's ``device`` and ``dtype``."""
+    """Run (or resume) the three sweeps, their points on ``executor`` (default: here); tables
+    are cached in ``sweep_dir``. ``placed``: the organism's ``device`` and ``dtype``."""
     settings = GALLERY[size]
     org = organism.load_organism(size, seed, progress=progress, **placed)
     if force:
@@ -245,16 +258,16 @@ def adaptive_tables(
         cos_prompts=[org.hazardous_prompts],
         maxlogit_items=org.hazardous_mcq[: settings.maxlogit_items],
         maxlogit_tokens=settings.maxlogit_tokens, setup=setup, table_dir=sweep_dir,
-        progress=progress,
+        progress=progress, executor=executor,
     )  # fmt: skip
     layers = analysis.layer_sweep(
         org.model, **corpora, base_cfg=cfg, beta=settings.beta, setup=setup,
-        table_path=sweep_dir / "layer_sweep.csv", progress=progress,
+        table_path=sweep_dir / "layer_sweep.csv", progress=progress, executor=executor,
     )  # fmt: skip
     noise = analysis.noise_sensitivity(
         org.model, org.hazardous_prompts, noise_scale=_noise_scales(org, settings.noise_factors),
         n_samples=settings.noise_samples, seed=seed, table_path=sweep_dir / "noise.csv",
-        progress=progress,
+        progress=progress, executor=executor,
     )  # fmt: skip
     return {"coef": coef, "layers": layers, "noise": noise, "rmu_layer": org.rmu_layer}
 

@@ -30,6 +30,7 @@ from unlearn_interp import (
     sources,
 )
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.executors import make_executor
 from unlearn_interp.interventions import ablation_hooks
 from unlearn_interp.pipeline.demo import run_demo, run_experiment
 from unlearn_interp.pipeline.gallery import make_figures
@@ -222,12 +223,16 @@ def figures_job(
     progress: bool = True,
     device: str | None = None,
     dtype: str = "float32",
+    executor: str = "serial",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> str:
     """Every committed figure as a PNG in ``out``; returns their paths, one a line."""
-    paths = make_figures(
-        out, size=size, seed=seed, work_dir=work, force=force, html=html, progress=progress,
-        device=device, dtype=DTYPES[dtype],
-    )  # fmt: skip
+    with make_executor(executor, workers=workers, address=ray_address) as runner:
+        paths = make_figures(
+            out, size=size, seed=seed, work_dir=work, force=force, html=html, progress=progress,
+            device=device, dtype=DTYPES[dtype], executor=runner,
+        )  # fmt: skip
     return "".join(f"{p}\n" for p in paths)
 
 
