@@ -139,6 +139,7 @@ def _supported(attn: AbstractAttention) -> bool:
         and not cfg.load_in_4bit
         and not cfg.use_attn_result
         and not cfg.ungroup_grouped_query_attention
+        and cfg.n_devices == 1  # one step's shared tables live on one device
     )
 
 
