@@ -1,0 +1,212 @@
+"""RMU on the first l+1 blocks (issue 16): peak memory of training on
+``models.load_model(ckpt, first_blocks=layer + 1)`` against loading the whole model.
+
+Usage:
+    python benchmarks/bench_first_blocks.py                   # CPU, zephyr-512, float32
+    python benchmarks/bench_first_blocks.py --dtype bfloat16 --rounds 1
+    python benchmarks/bench_first_blocks.py --shape 7b --device cuda --dtype bfloat16  # untested
+
+The parent writes bench_rmu's Mistral-architecture checkpoint (``bench_rmu.build_checkpoint``;
+"zephyr-512": 32 blocks, d_model 512, d_mlp 1792, 8 / 2 heads, vocabulary 2000, seeded random
+weights) and runs each method in its own fresh subprocess, interleaved round by round:
+
+* ``load_whole``: ``models.load_model(ckpt)``, nothing else (the issue's reference);
+* ``load_first_blocks``: ``models.load_model(ckpt, first_blocks=8)`` (the loading part alone);
+* ``train_first_blocks``: that, then ``rmu.train_rmu`` for ``--steps`` steps (RMU at layer 7,
+  update 5..7, batch 4 x 256 tokens, two topics: bench_rmu's settings);
+* ``train_whole``: the same training on the whole model (for reference).
+
+Memory on CPU: peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs`` after
+every import, so the imports' transient peak is not counted; Linux) minus the resident size
+then, loading included; on CUDA ``torch.cuda.max_memory_allocated``. Time: wall and process
+CPU seconds of the whole method (loading + training), medians over rounds. The parent checks that
+``train_first_blocks`` and ``train_whole`` end on bitwise-identical weights (max |diff| 0), prints
+a table and writes ``benchmarks/results/first_blocks_<shape>_<device>_<dtype>.json``.
+Goal (issue 16): training on the first blocks <= 0.35x the peak of loading the whole model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_rmu import SHAPES, build_checkpoint, make_corpora  # noqa: E402
+
+from unlearn_interp import data, models, rmu  # noqa: E402
+from unlearn_interp.artifacts import library_versions, write_json  # noqa: E402
+
+METHODS = ("load_whole", "load_first_blocks", "train_first_blocks", "train_whole")
+
+
+def rmu_config(steps: int) -> rmu.RMUConfig:
+    """bench_rmu's settings: layer 7, update 5..7, batch 4 x 256, the reference's unmasked loss."""
+    return rmu.RMUConfig(
+        layer=7, update_layers=(5, 6, 7), steering_coef=20.0, alpha=1200.0, lr=5e-5,
+        batch_size=4, steps=steps, max_len=256, mask_padding=False, seed=42,
+    )  # fmt: skip
+
+
+def run_method(method: str, work: Path, cfg: rmu.RMUConfig, device: str, dtype: torch.dtype):
+    """Load (and train, for the train_* methods); returns the trained W_out tensors or None."""
+    first = cfg.layer + 1 if method.endswith("first_blocks") else None
+    model = models.load_model(work / "checkpoint", device=device, dtype=dtype, first_blocks=first)
+    if not method.startswith("train"):
+        return None
+    corpora = json.loads((work / "corpora.json").read_text())
+    retain = [corpora["retain"]] * 2
+    return rmu.train_rmu(model, corpora["forget"], retain, cfg, progress=False).unlearned_weights
+
+
+def status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One method in this fresh process; writes its peak memory and times as JSON."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (same baseline)
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    transformers.utils.logging.disable_progress_bar()
+    work, cuda = Path(args.work), args.device.startswith("cuda")
+    cfg = rmu_config(args.steps)
+    Path("/proc/self/clear_refs").write_text("5")  # peak (VmHWM) := now: the imports' own
+    baseline = status_kib("VmRSS")  # transient peak is not the method's (ru_maxrss would keep it)
+    start = time.perf_counter(), time.process_time()
+    weights = run_method(args.worker, work, cfg, args.device, getattr(torch, args.dtype))
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start[0], time.process_time() - start[1]
+    peak_kib = status_kib("VmHWM")
+    if weights is not None:
+        models.save_weights(weights, work / f"{args.worker}.safetensors")
+    result = {
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20
+        if cuda
+        else (peak_kib - baseline) / 1024,
+        "process_peak_mib": peak_kib / 1024,
+        "import_baseline_mib": baseline / 1024,
+        "seconds": seconds[0],
+        "cpu_seconds": seconds[1],
+    }
+    (work / f"{args.worker}.json").write_text(json.dumps(result))
+
+
+def write_inputs(args: argparse.Namespace, work: Path) -> None:
+    transformers.utils.logging.disable_progress_bar()
+    forget, retain = make_corpora(args.steps, 4)
+    tokenizer = data.train_tokenizer(forget[0] + forget[1] + retain, vocab_size=2000)
+    (work / "corpora.json").write_text(json.dumps({"forget": forget, "retain": retain}))
+    build_checkpoint(args.shape, tokenizer, work / "checkpoint", getattr(torch, args.dtype))
+
+
+def max_weight_diff(work: Path) -> dict[str, float]:
+    """Max |diff| between the two trainings' final weights (must be 0) and the largest update."""
+    first = models.load_weights(work / "train_first_blocks.safetensors")
+    whole = models.load_weights(work / "train_whole.safetensors")
+    assert sorted(first) == sorted(whole), "the two trainings trained different tensors"
+    diff = max((first[n].float() - whole[n].float()).abs().max().item() for n in whole)
+    assert diff == 0.0, f"training on the first blocks changed the weights (max |diff| {diff})"
+    return {"max_abs_diff": diff}
+
+
+def run(args: argparse.Namespace) -> None:
+    rounds: dict[str, list[dict]] = {m: [] for m in METHODS}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        write_inputs(args, work)
+        for _ in range(args.rounds):
+            for method in METHODS:  # interleaved: each round runs every method once
+                command = [sys.executable, __file__, "--worker", method, "--work", tmp]
+                command += ["--shape", args.shape, "--device", args.device, "--dtype", args.dtype]
+                command += ["--threads", str(args.threads), "--steps", str(args.steps)]
+                subprocess.run(command, check=True)
+                rounds[method].append(json.loads((work / f"{method}.json").read_text()))
+        weights = max_weight_diff(work)
+    results = {m: medians(rows) for m, rows in rounds.items()}
+    load_whole = results["load_whole"]["peak_mib"]
+    ratios = {f"{m}_over_load_whole": results[m]["peak_mib"] / load_whole for m in METHODS[1:]}
+    ratios["train_first_blocks_over_train_whole"] = (
+        results["train_first_blocks"]["peak_mib"] / results["train_whole"]["peak_mib"]
+    )
+    report(args, results, rounds, ratios, weights)
+
+
+def medians(rows: list[dict]) -> dict[str, float]:
+    return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+
+
+def report(args, results, rounds, ratios, weights) -> None:
+    cfg = rmu_config(args.steps)
+    print(
+        f"{args.shape} on {args.device} ({args.dtype}, {args.threads} threads, {args.rounds} "
+        f"rounds): RMU at layer {cfg.layer}, update {list(cfg.update_layers)}, batch "
+        f"{cfg.batch_size} x {cfg.max_len}, {cfg.steps} steps; first_blocks={cfg.layer + 1}"
+    )
+    print(f"{'method':<20}{'peak MiB':>10}{'x load_whole':>14}{'wall s':>9}{'CPU s':>8}")
+    for method in METHODS:
+        r = results[method]
+        ratio = r["peak_mib"] / results["load_whole"]["peak_mib"]
+        print(
+            f"{method:<20}{r['peak_mib']:>10.1f}{ratio:>14.3f}{r['seconds']:>9.1f}"
+            f"{r['cpu_seconds']:>8.1f}"
+        )
+    print(
+        f"train_first_blocks / load_whole {ratios['train_first_blocks_over_load_whole']:.3f}x "
+        f"(goal <= 0.35x); / train_whole {ratios['train_first_blocks_over_train_whole']:.3f}x; "
+        f"final weights max |diff| {weights['max_abs_diff']:.1f}"
+    )
+    name = f"first_blocks_{args.shape}_{args.device.split(':')[0]}_{args.dtype}.json"
+    out = args.out or Path(__file__).parent / "results" / name
+    memory = "cuda max_memory_allocated" if args.device.startswith("cuda") else (
+        "peak RSS (VmHWM, reset after the imports) minus RSS after the imports, loading "
+        "included, one fresh process per method and round; process_peak_mib is VmHWM itself"
+    )  # fmt: skip
+    write_json(
+        out,
+        {
+            "methods": results, "rounds": rounds, "ratios": ratios, "weights": weights,
+            "config": cfg.to_dict(), "first_blocks": cfg.layer + 1, "shape": SHAPES[args.shape],
+            "args": {k: str(v) for k, v in vars(args).items()}, "memory_measure": memory,
+            "library_versions": library_versions(),
+        },
+    )  # fmt: skip
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="zephyr-512")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1: least noisy on shared CPUs)"
+    )
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
