@@ -17,11 +17,12 @@ import pytest
 import torch
 from test_ledger import REAL_SETTINGS, make_model_demo_run, tiny_study
 
-from unlearn_interp import models, organism, pipeline
+from unlearn_interp import cli, models, organism, pipeline
 from unlearn_interp.attacks.finetune import FinetuneConfig
+from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.executors import TaskFailed
 from unlearn_interp.organism.oracle import split_facts
-from unlearn_interp.pipeline import ledger, ledger_parts, ledger_subjects, steps
+from unlearn_interp.pipeline import jobs, ledger, ledger_parts, ledger_subjects, steps
 from unlearn_interp.pipeline.run_variants import RunVariants
 from unlearn_interp.pipeline.rundir import RunDir
 
@@ -171,16 +172,34 @@ def test_the_shipped_parts_hold_the_model_once_and_compute_the_same_rows(demo_ru
     assert seconds > 0
 
 
-def test_forced_ledger_on_ray_recomputes_every_part(demo_run, serial, ray_executor, tmp_path):
+def test_cli_ledger_computes_the_missing_part_on_ray(demo_run, serial, ray_executor, tmp_path,
+                                                     monkeypatch, capsys):  # fmt: skip
     run = tmp_path / "run"
     shutil.copytree(serial[0], run)
-    written = {name: (run / ledger_parts.part_file(name)).stat().st_mtime_ns for name in PARTS}
-    table = ledger.run_ledger(run, settings=SETTINGS, study=demo_run[1], progress=False,
-                              force=True, executor=ray_executor)  # fmt: skip
-    pd.testing.assert_frame_equal(table, serial[1])
-    rewritten = {name: (run / ledger_parts.part_file(name)).stat().st_mtime_ns for name in PARTS}
-    assert all(rewritten[name] > written[name] for name in PARTS)
-    assert part_bytes(run) == part_bytes(serial[0])
+    (run / ledger_parts.part_file("quantize")).unlink()
+    monkeypatch.setattr(ledger, "asset_paths", lambda cache_dir, progress: {})
+    monkeypatch.setattr(ledger, "build_study", lambda *args: demo_run[1])
+    monkeypatch.setattr(ledger, "default_settings", lambda job: SETTINGS)
+    assert cli.main(["ledger", "--run", str(run), "--executor", "ray", "--workers", "2"]) == 0
+    assert capsys.readouterr().out == ledger.ledger_summary(serial[1], str(run))
+    assert (run / "tables/ledger.csv").read_bytes() == (
+        serial[0] / "tables/ledger.csv"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize("options, kind", [([], "serial"), (["--executor", "ray"], "ray")])
+def test_cli_demo_hands_its_executor_to_the_demo(options, kind, ray_executor, tmp_path,
+                                                 monkeypatch, capsys):  # fmt: skip
+    seen = {}
+
+    def stop(out, **kwargs):
+        seen.update(kwargs)
+        raise UnlearnInterpError("stopped before the demo")
+
+    monkeypatch.setattr(jobs, "run_demo", stop)
+    assert cli.main(["demo", "--out", str(tmp_path / "run"), *options]) == 2
+    assert seen["executor"].name == kind
+    assert "stopped before the demo" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,13 +3,16 @@ intervals) end to end on the test-size model organism, whose RMU really drops ha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
 import pytest
 import torch
+from conftest import save_hf_checkpoint
+from test_ledger import tiny_study
 
-from unlearn_interp import directions, pipeline, real_data, stats, study
+from unlearn_interp import directions, models, pipeline, real_data, rmu, stats, study
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.pipeline.depth import DepthSettings
 
@@ -147,3 +150,60 @@ def test_gap_rows_are_the_mean_over_forget_tasks(study_run):
     assert mean.loc["subspace", "gap_recovered"] == pytest.approx(
         metrics["gap_recovered"]["subspace"]
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The seeds on an executor: a tiny study on a tiny GPT-2 checkpoint, serially and on Ray
+# ---------------------------------------------------------------------------------------------
+
+TINY_RMU = rmu.RMUConfig(layer=1, update_layers=(0, 1), steering_coef=5.0, alpha=1.0, lr=1e-3,
+                         batch_size=2, steps=2, max_len=16)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tokenizer, tmp_path_factory):
+    """A tiny GPT-2 checkpoint and a study on it with two arms, three seeds in all."""
+    path = save_hf_checkpoint("gpt2", tmp_path_factory.mktemp("tiny") / "gpt2", tokenizer)
+    arms = (
+        study.Arm("rmu", TINY_RMU, (0, 1)),
+        study.Arm("rmu_gaussian", study.with_changes(TINY_RMU, control_vector="gaussian"), (0,),
+                  study.ARM_VARIANTS),
+    )  # fmt: skip
+    loaded = dataclasses.replace(tiny_study(models.load_model(str(path))), arms=arms)
+    return path, loaded
+
+
+def seed_files(root, loaded) -> dict[str, bytes]:
+    """Every seed's per-item answers, trained weights and junk direction, as bytes."""
+    names = ("tables/mcq_per_item.csv", "unlearned_weights.safetensors", "direction.safetensors")
+    return {f"{arm.seed_dir(seed)}/{name}": (root / arm.seed_dir(seed) / name).read_bytes()
+            for arm in loaded.arms for seed in arm.seeds for name in names}  # fmt: skip
+
+
+def test_seeds_on_ray_load_the_model_from_its_path_and_match_the_serial_study(
+    tiny_checkpoint, ray_executor, tmp_path
+):
+    path, loaded = tiny_checkpoint
+    first = study.run_seeds(pipeline.RunDir(tmp_path / "serial"), loaded, progress=False)
+    source = study.ModelSource(str(path))
+    ray_first = study.run_seeds(pipeline.RunDir(tmp_path / "ray"), loaded, progress=False,
+                                executor=ray_executor, source=source)  # fmt: skip
+    serial_files = seed_files(tmp_path / "serial", loaded)
+    assert len(serial_files) == 9
+    assert seed_files(tmp_path / "ray", loaded) == serial_files  # byte for byte
+    assert first.run.root == tmp_path / "serial/seeds/rmu-seed0"
+    assert ray_first.run.root == tmp_path / "ray/seeds/rmu-seed0"
+    per_item = pd.read_csv(tmp_path / "ray/seeds/rmu-seed1/tables/mcq_per_item.csv")
+    assert set(per_item["variant"]) == set(study.FULL_VARIANTS)
+
+
+def test_a_seed_whose_worker_cannot_load_the_model_is_reported(tiny_checkpoint, ray_executor,
+                                                               tmp_path):  # fmt: skip
+    _, loaded = tiny_checkpoint
+    source = study.ModelSource(str(tmp_path / "no-such-checkpoint"))
+    with pytest.raises(UnlearnInterpError, match="seeds/rmu-seed0.*2 attempts") as raised:
+        study.run_seeds(pipeline.RunDir(tmp_path / "run"), loaded, progress=False,
+                        executor=ray_executor, source=source)  # fmt: skip
+    for name in ("rmu-seed0", "rmu-seed1", "rmu_gaussian-seed0"):
+        assert name in str(raised.value)
+    assert not list(tmp_path.glob("run/seeds/*/unlearned_weights.safetensors"))

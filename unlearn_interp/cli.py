@@ -71,6 +71,7 @@ def _add_demo(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
     )
     add_placement_options(parser.add_argument_group("model"), jobs)
     add_force_option(parser)
+    add_executor_options(parser)  # the study's seeds and the ledger's parts
     use_job(parser, jobs.demo_job)
 
 
@@ -250,6 +251,7 @@ def _add_ledger(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None
     )  # fmt: skip
     parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a demo run")
     add_force_option(parser, "every part of the ledger")
+    add_executor_options(parser)  # the ledger's parts
     use_job(parser, jobs.ledger_job)
 
 

@@ -34,7 +34,7 @@ from unlearn_interp.executors import make_executor
 from unlearn_interp.interventions import ablation_hooks
 from unlearn_interp.pipeline.demo import run_demo, run_experiment
 from unlearn_interp.pipeline.gallery import make_figures
-from unlearn_interp.pipeline.ledger import ledger_summary, run_ledger
+from unlearn_interp.pipeline.ledger import ledger_lines, ledger_summary, run_ledger
 from unlearn_interp.pipeline.report import summary_text
 from unlearn_interp.pipeline.study import run_model_demo
 from unlearn_interp.pipeline.study_config import SMOLLM2
@@ -156,24 +156,9 @@ def demo_summary(metrics: Mapping[str, Any], out: str) -> str:
         f"junk direction at layer {junk['layer']}: cos with control vector "
         f"{junk['cos_with_control_vector']:.3f}"
     )
-    lines += _ledger_lines(metrics.get("ledger"))
+    lines += ledger_lines(metrics.get("ledger"))
     lines.append(f"total {metrics['seconds']['total']:.0f} s; report: {out}/report.md")
     return "\n".join(lines) + "\n"
-
-
-def _ledger_lines(ledger: Mapping[str, Any] | None) -> list[str]:
-    """The recovery ledger's headline: gap recovered per attack and setting, and its control."""
-    if not ledger:
-        return []
-    lines = [f"recovery ledger, gap recovered on {ledger['task']} (95% interval) | control:"]
-    for attack, settings in ledger["gap_recovered"].items():
-        for setting, gap in settings.items():
-            control = gap["control"]
-            lines.append(
-                f"  {attack:<16}{setting:<30} {gap['value']:6.2f} [{gap['ci_low']:5.2f}, "
-                f"{gap['ci_high']:5.2f}] | {control['model_setting']} {control['value']:.2f}"
-            )
-    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,24 +232,39 @@ def demo_job(
     dtype: str = "float32",
     force: bool = False,
     progress: bool = True,
+    executor: str = "serial",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> str:
-    """The organism demo (``model`` = :data:`ORGANISM`) or the real-model study; returns the
-    summary table."""
-    placed = {"device": device, "dtype": DTYPES[dtype]}
-    if model != ORGANISM:
-        metrics = run_model_demo(
-            out, model=model, seeds=seeds, force=force, progress=progress, **placed
-        )
-        return summary_text(metrics, out) + "".join(f"{line}\n" for line in
-                                                   _ledger_lines(metrics.get("ledger")))  # fmt: skip
-    metrics = run_demo(out, size=size, seed=seed, force=force, progress=progress, **placed)
+    """The organism demo (``model`` = :data:`ORGANISM`) or the real-model study, its seeds and
+    ledger parts on ``executor``; returns the summary table."""
+    with make_executor(executor, workers=workers, address=ray_address) as runner:
+        placed = {"device": device, "dtype": DTYPES[dtype], "executor": runner}
+        if model != ORGANISM:
+            metrics = run_model_demo(
+                out, model=model, seeds=seeds, force=force, progress=progress, **placed
+            )
+            return summary_text(metrics, out) + "".join(
+                f"{line}\n" for line in ledger_lines(metrics.get("ledger"))
+            )
+        metrics = run_demo(out, size=size, seed=seed, force=force, progress=progress, **placed)
     return demo_summary(metrics, out)
 
 
-def ledger_job(run: str, *, force: bool = False, progress: bool = True) -> str:
-    """The recovery ledger of demo run ``run`` (organism or real model); returns its headline
-    rows."""
-    return ledger_summary(run_ledger(run, force=force, progress=progress), run)
+def ledger_job(
+    run: str,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    executor: str = "serial",
+    workers: int | None = None,
+    ray_address: str | None = None,
+) -> str:
+    """The recovery ledger of demo run ``run`` (organism or real model), its parts on
+    ``executor``; returns its headline rows."""
+    with make_executor(executor, workers=workers, address=ray_address) as runner:
+        table = run_ledger(run, force=force, progress=progress, executor=runner)
+    return ledger_summary(table, run)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,9 +42,10 @@ from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.executors import Executor
 from unlearn_interp.pipeline.ledger_parts import (
-    FINETUNE_ATTACKS,
     FORGET_TASKS,
     LedgerContext,
+    control_key,
+    has_oracle,
     part_names,
     read_parts,
     run_parts,
@@ -330,27 +331,6 @@ def role(attack: str, setting: str, model: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def control_key(attack: str, setting: str, oracle: bool = True) -> tuple[str, str, str]:
-    """The control an attack on the unlearned model is read against, as ``(attack, setting,
-    model)``: an ablation's random directions of matched dimension and norm on the same model;
-    a fine-tuning run's oracle twin (what the attack teaches a model that never saw V) when
-    there is one (``oracle``), else for relearning the unrelated-text control (benign
-    fine-tuning of the unlearned model with the same schedule) and for benign fine-tuning the
-    base model; a quantisation's base model (the same attack on a model that knew the facts)."""
-    if attack == "ablation":
-        return attack, f"random_{setting.removeprefix('junk_')}", "unlearned"
-    if attack in FINETUNE_ATTACKS and oracle:
-        return attack, setting, "oracle"
-    if attack == "relearn":
-        return "benign_finetune", setting, "unlearned"
-    return attack, setting, "base"
-
-
-def has_oracle(table: pd.DataFrame) -> bool:
-    """Whether the ledger holds an oracle twin (the organism's; a real model has none)."""
-    return bool((table["model"] == "oracle").any())
-
-
 def headline_rows(table: pd.DataFrame) -> pd.DataFrame:
     """One row per attack and setting on the unlearned model at its last step, on the headline
     forget task (``plotting.headline_task``): gap recovered with its interval, the same for
@@ -487,3 +467,19 @@ def ledger_summary(table: pd.DataFrame, run_dir: str | os.PathLike) -> str:
         )
     lines.append(f"table: {run_dir}/{RunFiles.LEDGER}; figure: {run_dir}/{FIGURE}")
     return "\n".join(lines) + "\n"
+
+
+def ledger_lines(ledger: Mapping[str, Any] | None) -> list[str]:
+    """The recovery ledger's headline lines in a demo's summary, from metrics.json's
+    ``"ledger"`` entry: gap recovered per attack and setting, and its control."""
+    if not ledger:
+        return []
+    lines = [f"recovery ledger, gap recovered on {ledger['task']} (95% interval) | control:"]
+    for attack, settings in ledger["gap_recovered"].items():
+        for setting, gap in settings.items():
+            control = gap["control"]
+            lines.append(
+                f"  {attack:<16}{setting:<30} {gap['value']:6.2f} [{gap['ci_low']:5.2f}, "
+                f"{gap['ci_high']:5.2f}] | {control['model_setting']} {control['value']:.2f}"
+            )
+    return lines

@@ -272,6 +272,27 @@ def planned_parts(context: LedgerContext) -> dict[str, Callable[[], pd.DataFrame
     return plan
 
 
+def control_key(attack: str, setting: str, oracle: bool = True) -> tuple[str, str, str]:
+    """The control an attack on the unlearned model is read against, as ``(attack, setting,
+    model)``: an ablation's random directions of matched dimension and norm on the same model;
+    a fine-tuning run's oracle twin (what the attack teaches a model that never saw V) when
+    there is one (``oracle``), else for relearning the unrelated-text control (benign
+    fine-tuning of the unlearned model with the same schedule) and for benign fine-tuning the
+    base model; a quantisation's base model (the same attack on a model that knew the facts)."""
+    if attack == "ablation":
+        return attack, f"random_{setting.removeprefix('junk_')}", "unlearned"
+    if attack in FINETUNE_ATTACKS and oracle:
+        return attack, setting, "oracle"
+    if attack == "relearn":
+        return "benign_finetune", setting, "unlearned"
+    return attack, setting, "base"
+
+
+def has_oracle(table: pd.DataFrame) -> bool:
+    """Whether the ledger holds an oracle twin (the organism's; a real model has none)."""
+    return bool((table["model"] == "oracle").any())
+
+
 # ---------------------------------------------------------------------------------------------
 # Running the parts: each a resumable step, in this process or on an executor's workers
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +397,8 @@ __all__ = [
     "LedgerPartsFailed",
     "PartTask",
     "ablation_settings",
+    "control_key",
+    "has_oracle",
     "ledger_tasks",
     "part_done",
     "part_file",
