@@ -38,7 +38,9 @@ def html_figures():
     """The ledger's figure as HTML only: PNG export takes seconds and is not what is tested."""
     save = steps.save_figures
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(steps, "save_figures", lambda run, figures: save(run, figures, ("html",)))
+        patch.setattr(
+            steps, "save_figures", lambda run, figures, *formats: save(run, figures, ["html"])
+        )
         yield
 
 

@@ -363,8 +363,10 @@ def run_parts(
     plan = planned_parts(context)
     run = context.run
     todo = [name for name in plan if force or not part_done(run, name)]
-    for name in plan.keys() - set(todo):
+    for name in [name for name in plan if name not in todo]:
         log.info("ledger part %s skipped: %s already written", name, part_file(name))
+    if not todo:
+        return todo  # nothing to run: no executor started
     for name in todo if force else ():  # a forced ledger cut short must not look finished
         run.path(part_file(name)).unlink(missing_ok=True)
     executor = executor or SerialExecutor()
