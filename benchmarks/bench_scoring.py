@@ -20,8 +20,10 @@ college-biology test questions (asset cache) as ``mcq_accuracy(mode="continuatio
 prompt_template=MMLU_CONTINUATION_TEMPLATE)`` tokenises them, and adds a third runner,
 ``cached_before``: the cached path as it was before issue 15 (plain consecutive batches of
 ``--batch-size`` length-sorted rows instead of :func:`scoring.length_groups`'s batches of least
-padding, and no shared prompt prefix run once), so ``cached`` over it is those two changes
-alone (the forward pass itself is the same in both).
+padding, no shared prompt prefix run once, and TransformerLens' own concatenating KV cache
+instead of ``activations.new_kv_cache(max_len=)``'s buffers, on which ``backend_decode``'s
+attention runs), so ``cached`` over it is those three changes alone (the forward pass is
+otherwise the same in both).
 
 After a short warm-up each, the two paths take turns for ``--repeats`` rounds (so load from other
 processes falls on both alike); the medians of wall-clock and process CPU time are reported as
@@ -45,7 +47,7 @@ import torch
 from bench_evaluation import timed  # the sibling benchmark's timing helper (scripts share a folder)
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from unlearn_interp import data, evaluation, models, real_data, sources
+from unlearn_interp import activations, data, evaluation, models, real_data, sources
 from unlearn_interp.artifacts import library_versions, write_json
 from unlearn_interp.evaluation import scoring
 
@@ -156,16 +158,23 @@ def bench_prompts(model, prompts: str, args) -> dict:
         def score(reqs):
             if before:
                 scoring.length_groups, scoring.MIN_SHARED_PREFIX = plain_batches, 10**9
+                activations.new_kv_cache = unbuffered_kv_cache
             try:
                 return evaluation.score_requests(
                     model, reqs, args.batch_size, progress=False, reuse_context=reuse
                 )
             finally:
                 scoring.length_groups, scoring.MIN_SHARED_PREFIX = now
+                activations.new_kv_cache = new_kv_cache
 
         return score
 
     now = scoring.length_groups, scoring.MIN_SHARED_PREFIX
+    new_kv_cache = activations.new_kv_cache
+
+    def unbuffered_kv_cache(model, batch_size, max_len=None):  # before: TL's concatenating cache
+        return new_kv_cache(model, batch_size)
+
     runners = {"per_choice": run(False), "cached": run(True)}
     if prompts == "real":
         runners["cached_before"] = run(True, before=True)

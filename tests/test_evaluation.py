@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import save_hf_checkpoint
 
-from unlearn_interp import cli, data, evaluation, models, stats
+from unlearn_interp import activations, cli, data, evaluation, models, stats
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.evaluation import scoring
@@ -401,9 +401,9 @@ def test_shared_prompt_prefix_runs_once_and_scores_stay_within_1e_4(
     prefixes = []
     run_after_prefix = scoring._run_after_prefix
 
-    def spy(model, rows, n_prefix):
+    def spy(model, rows, n_prefix, *room):
         prefixes.append((len(rows), n_prefix))
-        return run_after_prefix(model, rows, n_prefix)
+        return run_after_prefix(model, rows, n_prefix, *room)
 
     monkeypatch.setattr(scoring, "_run_after_prefix", spy)
     results = {}
@@ -435,6 +435,31 @@ def test_shared_prompt_prefix_runs_once_and_scores_stay_within_1e_4(
     with model.hooks(fwd_hooks=[hook]):  # hooks see whole rows: no prefix is split off
         evaluation.score_requests(model, letters, 5, progress=False)
     assert len(found) == 3 and found == [0, 0, 0]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])  # learned positions; rotary + grouped-query
+def test_continuations_are_written_into_their_context_caches_buffers(
+    tmp_path, monkeypatch, tokenizer, family
+):
+    ckpt = seeded_checkpoint(family, tmp_path / family, tokenizer, std=0.3)
+    model = models.load_model(ckpt, device="cpu")
+    requests = random_requests(len(tokenizer), model.cfg.n_ctx)[:12]
+    copies, kv_cache_rows = [], activations.kv_cache_rows
+
+    def spy(cache, rows):  # every copy of cached rows: (cache, its buffer, positions held)
+        dup = kv_cache_rows(cache, rows)
+        copies.append((dup, dup.entries[-1].keys, dup.entries[-1].past_keys.shape[1]))
+        return dup
+
+    monkeypatch.setattr(activations, "kv_cache_rows", spy)
+    cached = evaluation.score_requests(model, requests, 4, progress=False)
+    on_top = [c for c in copies if c[0].entries[-1].past_keys.shape[1] > c[2]]
+    n_longer = sum(len(c) > 1 for r in requests for c in r.continuations)
+    assert sum(c[0].entries[-1].keys.shape[0] for c in on_top) == n_longer
+    # the continuations' keys went into the buffers the contexts' pass made, none was regrown
+    assert all(dup.entries[-1].keys is keys for dup, keys, _ in on_top)
+    rows = evaluation.score_requests(model, requests, 4, progress=False, reuse_context=False)
+    assert max_abs_diff(cached, rows) < 1e-4
 
 
 def test_context_cache_runs_each_context_once(tokenizer):

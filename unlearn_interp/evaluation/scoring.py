@@ -317,20 +317,24 @@ def _shared_prefix(model: Model, rows: Sequence[Sequence[int]], keep: int) -> in
 
 
 def _run_after_prefix(
-    model: Model, rows: Sequence[Sequence[int]], n_prefix: int
+    model: Model, rows: Sequence[Sequence[int]], n_prefix: int, room: int = 0
 ) -> tuple[Float[Tensor, "batch pos d_model"], KVCache]:
     """Final residuals of each row's tokens after its first ``n_prefix`` (left-padded), and the
-    KV cache of the whole rows. The shared first ``n_prefix`` tokens run once, on one row whose
-    keys and values are then copied to every row; positions come from the attention masks, so
-    each token sits where it would in its whole row (padding between the two parts is masked)."""
+    KV cache of the whole rows, with ``room`` positions to spare. The shared first ``n_prefix``
+    tokens run once, on one row whose keys and values are then copied to every row; positions
+    come from the attention masks, so each token sits where it would in its whole row (padding
+    between the two parts is masked). The cache is buffered (``new_kv_cache(max_len=)``): later
+    tokens (``room``) are written in place, and where ``backend_decode`` supports the model its
+    attention keeps keys rotated and groups queries instead of repeating keys."""
     device = models.model_device(model)
-    cache = activations.new_kv_cache(model, 1 if n_prefix else len(rows))
+    rest = data.left_pad([r[n_prefix:] for r in rows], data.pad_token_id(model.tokenizer))
+    rest = rest.to(device)
+    max_len = n_prefix + rest.tokens.shape[1] + room
+    cache = activations.new_kv_cache(model, 1 if n_prefix else len(rows), max_len=max_len)
     if n_prefix:
         prefix = torch.tensor([list(rows[0][:n_prefix])], device=device)
         activations.decode_step(model, prefix, torch.ones_like(prefix), cache)
         cache = activations.kv_cache_rows(cache, [0] * len(rows))
-    rest = data.left_pad([r[n_prefix:] for r in rows], data.pad_token_id(model.tokenizer))
-    rest = rest.to(device)
     return activations.decode_step(model, rest.tokens, rest.attention_mask, cache), cache
 
 
@@ -370,7 +374,9 @@ def _score_on_context_cache(
     """
     reqs = [requests[i] for i in chunk]
     contexts = [r.context for r in reqs]
-    resid, cache = _run_after_prefix(model, contexts, _shared_prefix(model, contexts, keep=1))
+    room = max(len(c) for r in reqs for c in r.continuations) - 1
+    n_prefix = _shared_prefix(model, contexts, keep=1)
+    resid, cache = _run_after_prefix(model, contexts, n_prefix, room)
     bar.update(len(reqs))  # resid: [n_req, ctx_pos, d_model]
     slots = [(b, k) for b, r in enumerate(reqs) for k in range(len(r.continuations))]
     # Row b of resid[:, -1] scores request b's first tokens.
