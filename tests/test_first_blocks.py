@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import CORPUS, save_hf_checkpoint
@@ -243,6 +244,100 @@ def test_unlearn_job_reports_a_layer_the_model_lacks_as_the_layer(checkpoint, tm
             str(tmp_path / "run"), model=str(checkpoint), forget=[str(tmp_path / "f.txt")],
             retain=[str(tmp_path / "f.txt")], rmu_settings={"layer": 6}, device="cpu",
         )  # fmt: skip
+
+
+# --- RMU recomputing the trained blocks in the backward pass ------------------------------------
+
+
+def test_run_blocks_recomputing_gives_bitwise_the_same_values_and_gradients(checkpoint):
+    model = models.load_model(checkpoint, device="cpu")
+    batch = data.encode_batch(model.tokenizer, CORPUS[:3])
+    with torch.no_grad():
+        resid = activations.run_blocks(
+            model, batch.tokens, stop=1, attention_mask=batch.attention_mask
+        )
+    params = dict(model.named_parameters())
+    outputs, grads = [], []
+    for recompute in (False, True):
+        out = activations.run_blocks(
+            model, resid, start=1, stop=4, attention_mask=batch.attention_mask, recompute=recompute
+        )
+        out.pow(2).mean().backward()
+        outputs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in params.items() if p.grad is not None})
+        model.zero_grad(set_to_none=True)
+    assert torch.equal(outputs[0], outputs[1])
+    assert sorted(grads[0]) == sorted(grads[1])
+    assert any(n.startswith("blocks.3.") for n in grads[0])  # blocks 1..3 all got gradients
+    assert [n for n in grads[0] if not torch.equal(grads[0][n], grads[1][n])] == []
+
+
+@pytest.fixture(scope="module")
+def trained_recomputing(checkpoint):
+    """(whole model, first blocks) results, each trained with ``recompute_blocks=True``."""
+    forget, retain = [FORGET_A, FORGET_B], [RETAIN, RETAIN]
+    results = []
+    for first_blocks in (None, CFG.layer + 1):
+        model = models.load_model(checkpoint, device="cpu", first_blocks=first_blocks)
+        results.append(
+            rmu.train_rmu(model, forget, retain, CFG, progress=False, recompute_blocks=True)
+        )
+    return tuple(results)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["whole", "first_blocks"])
+def test_rmu_recomputing_trains_bitwise_the_same_weights_and_history(
+    trained, trained_recomputing, which
+):
+    plain, recomputed = trained[which], trained_recomputing[which]
+    names = ["blocks.1.mlp.W_out", "blocks.2.mlp.W_out"]
+    assert sorted(recomputed.unlearned_weights) == names
+    diffs = [
+        (recomputed.unlearned_weights[n] - plain.unlearned_weights[n]).abs().max() for n in names
+    ]
+    assert max(diffs).item() == 0.0
+    assert not torch.equal(recomputed.unlearned_weights[names[0]], plain.base_weights[names[0]])
+    pd.testing.assert_frame_equal(recomputed.history, plain.history)
+    assert recomputed.config == plain.config  # not a config field: runs record the same settings
+
+
+def test_recomputing_refuses_installed_forward_hooks_and_leaves_the_weights(checkpoint):
+    model = models.load_model(checkpoint, device="cpu", first_blocks=CFG.layer + 1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.hook_dict["blocks.1.hook_resid_post"].add_hook(lambda act, hook: None)
+    try:
+        with pytest.raises(UnlearnInterpError, match="forward hooks would fire twice"):
+            rmu.train_rmu(model, [FORGET_A], [RETAIN], CFG, progress=False, recompute_blocks=True)
+    finally:
+        model.reset_hooks()
+    assert [n for n, p in model.named_parameters() if not torch.equal(p, before[n])] == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"weights": {}}, "without weights= or kv_cache="),
+        ({"tokens": True}, "on a residual stream, not on token ids"),
+    ],
+)
+def test_run_blocks_recompute_refusals_are_one_sentence(checkpoint, kwargs, message):
+    model = models.load_model(checkpoint, device="cpu", first_blocks=2)
+    batch = data.encode_batch(model.tokenizer, CORPUS[:2])
+    inputs = batch.tokens if kwargs.pop("tokens", False) else torch.zeros(2, 3, 32)
+    with pytest.raises(UnlearnInterpError, match=message):
+        activations.run_blocks(model, inputs, recompute=True, **kwargs)
+
+
+def test_unlearn_job_trains_recomputing_the_trained_blocks(checkpoint, tmp_path, monkeypatch):
+    seen, train = [], rmu.train_rmu
+    monkeypatch.setattr(rmu, "train_rmu", lambda *a, **kw: seen.append(kw) or train(*a, **kw))
+    (tmp_path / "f.txt").write_text("\n".join(FORGET_A))
+    jobs.unlearn_job(
+        str(tmp_path / "run"), model=str(checkpoint), forget=[str(tmp_path / "f.txt")],
+        retain=[str(tmp_path / "f.txt")], rmu_settings={**CFG.to_dict(), "steps": 1},
+        device="cpu", progress=False,
+    )  # fmt: skip
+    assert [kw.get("recompute_blocks") for kw in seen] == [True]
 
 
 # --- memory -------------------------------------------------------------------------------------

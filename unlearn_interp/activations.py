@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
 
@@ -173,6 +174,7 @@ def run_blocks(
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     weights: Mapping[str, Tensor] | None = None,
     kv_cache: KVCache | None = None,
+    recompute: bool = False,
 ) -> Float[Tensor, "batch pos d_model"]:
     """The residual stream after block ``stop - 1`` (default: after the last block, before the
     final norm), running blocks ``start..stop-1``.
@@ -181,8 +183,17 @@ def run_blocks(
     entering block ``start`` (floats; any ``start``, 0 included). ``weights`` (name -> tensor) run in place of the model's own tensors of those
     names without touching them (a frozen copy through ``torch.func.functional_call``; no
     gradient flows to the model). ``kv_cache`` (:func:`new_kv_cache`) is read and extended.
+    ``recompute``: each block runs under activation checkpointing (only its input is kept; the
+    backward pass reruns one block at a time): same values and gradients, less memory.
     """
-    kwargs: dict[str, Any] = {"stop_at_layer": models.n_layers(model) if stop is None else stop}
+    stop = models.n_layers(model) if stop is None else stop
+    if recompute and (weights is not None or kv_cache is not None):
+        raise UnlearnInterpError(
+            "recompute runs the model's own blocks, without weights= or kv_cache="
+        )
+    if recompute:
+        return _recomputed_blocks(model, inputs, range(start, stop), attention_mask)
+    kwargs: dict[str, Any] = {"stop_at_layer": stop}
     if start or torch.is_floating_point(inputs):  # a residual stream enters block `start`, 0 too
         kwargs["start_at_layer"] = start
     if attention_mask is not None:
@@ -192,6 +203,25 @@ def run_blocks(
     if weights is None:
         return model(inputs, **kwargs)
     return torch.func.functional_call(model, dict(weights), args=(inputs,), kwargs=kwargs)
+
+
+def _recomputed_blocks(
+    model: Model, resid: Tensor, blocks: range, attention_mask: Int[Tensor, "batch pos"] | None
+) -> Float[Tensor, "batch pos d_model"]:
+    """``run_blocks(recompute=True)``: each block under ``torch.utils.checkpoint``."""
+    if not torch.is_floating_point(resid):
+        raise UnlearnInterpError("recompute runs blocks on a residual stream, not on token ids")
+    if has_forward_hooks(model):  # the backward pass reruns each block, and its hooks with it
+        raise UnlearnInterpError(
+            "recompute reruns blocks in the backward pass, so installed forward hooks would "
+            "fire twice; remove them or run without recompute"
+        )
+    for block in blocks:
+        resid = checkpoint(
+            run_blocks, model, resid, start=block, stop=block + 1,
+            attention_mask=attention_mask, use_reentrant=False,
+        )  # fmt: skip
+    return resid
 
 
 def unembed(

@@ -284,15 +284,16 @@ def unlearn_job(
     dtype: str = "float32",
     progress: bool = True,
 ) -> str:
-    """Train RMU on ``model`` and write the run directory ``out``; returns a one-line summary."""
+    """Train RMU on ``model`` and write the run directory ``out``; returns a one-line summary.
+    Recomputes the trained blocks in the backward pass: the same weights, a lower memory peak."""
     cfg = rmu_config(rmu_settings)
     check_out_dir(out)
-    forget_corpora, retain_corpora = load_corpora(forget, retain, min_len)
+    corpora = load_corpora(forget, retain, min_len)  # (forget corpora, retain corpora)
     try:  # only blocks 0..layer, where RMU's loss stops: the same weights (load_model logs it)
         loaded = load_model(model, device, dtype, first_blocks=cfg.layer + 1)
     except models.BlocksOutOfRange as err:
         raise err.of_layer(cfg.layer, "layer") from None
-    result = rmu.train_rmu(loaded, forget_corpora, retain_corpora, cfg, progress=progress)
+    result = rmu.train_rmu(loaded, *corpora, cfg, progress=progress, recompute_blocks=True)
     result.save(out)
     last = result.history.iloc[-1]
     return (

@@ -2,6 +2,9 @@
 
 * blocks before the first updated layer run once per batch, without gradient (:meth:`prefix`);
 * only blocks ``first..layer`` run with gradient (:meth:`suffix`), and nothing after ``layer``;
+  with ``recompute`` each of them runs under activation checkpointing (``run_blocks``'
+  ``recompute``): only block inputs are kept, and the backward pass rebuilds one block's graph
+  at a time (same weights bitwise, less memory, one more forward pass of those blocks);
 * the frozen model is the same model with the saved base tensors swapped in for one no-grad pass
   (:meth:`frozen_suffix`, through ``training.frozen_blocks``), never a second copy of the model.
 
@@ -26,12 +29,15 @@ from unlearn_interp.models import Model
 @dataclasses.dataclass(frozen=True)
 class SplitForward:
     """Blocks ``first..layer`` of ``model``, on top of a no-grad prefix; ``base`` holds the
-    frozen model's values of the trained tensors (name -> tensor)."""
+    frozen model's values of the trained tensors (name -> tensor); ``recompute``: the trained
+    blocks keep only their inputs for the backward pass, which reruns them (a memory/time
+    trade-off; refused while forward hooks are installed, since they would fire twice)."""
 
     model: Model
     first: int  # the first block whose weights train
     layer: int  # the steered layer: the residual stream after this block is the output
     base: Mapping[str, Tensor]
+    recompute: bool = False
 
     def encode(self, texts: list[str], max_len: int) -> data.Batch:
         """``texts`` tokenised, cut at ``max_len`` tokens, on the model's device."""
@@ -55,6 +61,7 @@ class SplitForward:
             start=self.first,
             stop=self.layer + 1,
             attention_mask=batch.attention_mask,
+            recompute=self.recompute,
         )
 
     def frozen_suffix(

@@ -206,12 +206,15 @@ def build_trainer(
     retain: Sequence[Sequence[str]],
     cfg: RMUConfig,
     vectors: Float[Tensor, "n_topics d_model"],
+    recompute_blocks: bool = False,
 ) -> RMUTrainer:
-    """The trainer's state for ``model`` (checked), with its base weights saved and targets set."""
+    """The trainer's state for ``model`` (checked), with its base weights saved and targets set;
+    ``recompute_blocks``: see :func:`train_rmu`."""
     _check_model(model, cfg)
     n_topics = len(forget)
     names = [models.mlp_out_param(layer) for layer in cfg.update_layers]
-    forward = SplitForward(model, min(cfg.update_layers), cfg.layer, snapshot_weights(model, names))
+    base = snapshot_weights(model, names)
+    forward = SplitForward(model, min(cfg.update_layers), cfg.layer, base, recompute_blocks)
     forget_len = [min(n, models.n_ctx(model)) for n in cfg.per_topic("max_len", n_topics)]
     coefficients = _coefficients(forward, forget, cfg, forget_len)
     device = models.model_device(model)
@@ -277,13 +280,18 @@ def train_rmu(
     cfg: RMUConfig,
     control_vectors: Float[Tensor, "n_topics d_model"] | None = None,
     progress: bool = True,
+    recompute_blocks: bool = False,
 ) -> RMUResult:
     """Unlearn ``forget`` (one corpus per topic) while keeping ``retain`` (one per topic).
 
     Trains ``model`` in place: only ``blocks.{l}.mlp.W_out`` for ``l`` in ``cfg.update_layers``
     change. ``control_vectors`` (``[n_topics, d_model]``, normalised here) replaces the seeded
     draw. On any error, a non-finite loss included, the model is put back on its base weights.
-    Parameters' ``requires_grad`` flags are restored on exit.
+    Parameters' ``requires_grad`` flags are restored on exit. ``recompute_blocks``: the trained
+    blocks run under activation checkpointing (their graphs are rebuilt one block at a time in
+    the backward pass): bitwise the same weights and history, less memory, one more forward pass
+    of those blocks per term; refused while forward hooks are installed (they would fire twice).
+    A memory/time setting, not part of ``cfg`` (runs and their resume checks do not record it).
 
     >>> cfg = RMUConfig(layer=7, steps=150)                                      # doctest: +SKIP
     >>> result = train_rmu(model, forget=[bio, cyber], retain=[wiki, wiki], cfg=cfg)  # doctest: +SKIP
@@ -291,7 +299,7 @@ def train_rmu(
     """
     n_topics = _check_corpora(forget, retain)
     vectors = _control_vectors(model, cfg, n_topics, control_vectors)
-    trainer = build_trainer(model, forget, retain, cfg, vectors)
+    trainer = build_trainer(model, forget, retain, cfg, vectors, recompute_blocks)
     records = _run_steps(model, trainer, progress)
     return RMUResult(
         base_weights=dict(trainer.forward.base),
