@@ -175,7 +175,7 @@ def test_a_task_that_fails_twice_is_marked_failed_and_retried_on_the_next_run(
     again = analysis.run_sweep(points, square, table_path=path)  # serially, the failed point only
     assert calls == [2]
     assert list(again.columns) == ["x", "square"]  # no failure left: no failure columns
-    assert again["square"].tolist() == [0, 1, 4, 9]
+    assert again["square"].tolist() == [0, 1, 4, 9] and again["square"].dtype == int
 
 
 def test_a_task_that_fails_once_is_retried_and_succeeds(ray_executor, tmp_path):
@@ -211,3 +211,19 @@ def test_a_worker_that_dies_is_retried_then_reported(ray_executor):  # last: wor
 
     [(index, failure)] = list(ray_executor.run(dies, ["a"]))
     assert index == 0 and failure == TaskFailed(error="worker died", attempts=2)
+
+
+def test_a_sweep_recorded_before_blocks_existed_still_resumes(tmp_path):
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"x": [0, 0, 1, 1], "v": [0, 1, 10, 11]}).to_csv(path, index=False)
+    record = {"settings": {}, "points": [{"x": 0}, {"x": 1}], "counts": {"rows": 4}}
+    artifacts.write_json(tmp_path / ("t" + analysis.SWEEP_RECORD_SUFFIX), record)
+    calls = []
+
+    def measure(point):
+        calls.append(point["x"])
+        return [{"v": point["x"] * 10 + i} for i in range(2)]
+
+    table = analysis.run_sweep([{"x": x} for x in range(3)], measure, table_path=path)
+    assert calls == [2]
+    assert table["v"].tolist() == [0, 1, 10, 11, 20, 21]

@@ -221,8 +221,13 @@ def _failure_rows(pid: str, failure: TaskFailed, names: Sequence[str]) -> Block:
 
 
 def _marked(frame: pd.DataFrame, is_failure: bool, any_failed: bool) -> pd.DataFrame:
-    """A successful point's rows get ``failed=False`` when some point failed."""
-    return frame.assign(**{FAILED: False}) if any_failed and not is_failure else frame
+    """A successful point's rows get ``failed=False`` when some point failed, their integer and
+    bool columns nullable types, so the failed rows' blanks do not turn 3 into 3.0 on disk."""
+    if not any_failed or is_failure:
+        return frame
+    nullable = {c: "Int64" if kind == "i" else "boolean"
+                for c, kind in frame.dtypes.map(lambda d: d.kind).items() if kind in "ib"}  # fmt: skip
+    return frame.astype(nullable).assign(**{FAILED: False})
 
 
 def _checked_points(points: Sequence[Point]) -> list[dict[str, Scalar]]:
@@ -316,18 +321,19 @@ class _SweepStore:
         return blocks
 
     def _blocks(self, record: Mapping[str, Any]) -> dict[str, Block]:
-        """Split each table into the record's blocks; keep those of finished points."""
-        tables = {name: self._read(name) for name in self.paths}
+        """Split each table into the record's blocks; keep those of finished points (failed
+        points' rows are not even parsed, so the columns keep the types of a clean run)."""
+        entries = record["blocks"]
+        tables = {name: self._read(name, _failed_rows(entries, name)) for name in self.paths}
         starts = dict.fromkeys(tables, 0)
         blocks = {}
-        for entry in record["blocks"]:
+        for entry in (e for e in entries if not e.get(FAILED)):
             block = {}
             for name, n in entry["rows"].items():
                 block[name] = tables[name].iloc[starts[name] : starts[name] + n]
                 block[name] = block[name].drop(columns=[FAILED, ERROR], errors="ignore")
                 starts[name] += n
-            if not entry.get(FAILED):
-                blocks[_point_id(entry["point"])] = block
+            blocks[_point_id(entry["point"])] = block
         return blocks
 
     def _legacy_blocks(self, record: Mapping[str, Any]) -> dict[str, Block]:
@@ -338,14 +344,18 @@ class _SweepStore:
             blocks[_point_id(record["points"][-1])] = whole
         return blocks
 
-    def _read(self, name: str) -> pd.DataFrame:
+    def _read(self, name: str, skip: Sequence[int] = ()) -> pd.DataFrame:
+        """Table ``name`` as written, without its rows ``skip`` (0 = the first row)."""
         path = self.paths[name]
-        return pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame()
+        if not (path.is_file() and path.stat().st_size):
+            return pd.DataFrame()
+        return pd.read_csv(path, skiprows=[row + 1 for row in skip])  # + 1: the header
 
     def save(self, ordered: _Ordered) -> None:
         """Write every table (points in order), then the record of the finished points."""
-        self.names = list(ordered.tables())
-        for name, table in ordered.tables().items():
+        tables = ordered.tables()
+        self.names = list(tables)
+        for name, table in tables.items():
             with artifacts.atomic_path(self.paths[name]) as tmp:
                 table.to_csv(tmp, index=False)
         entries = [
@@ -366,6 +376,17 @@ class _SweepStore:
     def read(self) -> dict[str, pd.DataFrame]:
         """The tables as written: a resumed and a fresh sweep return the same thing."""
         return {name: self._read(name) for name in self.names}
+
+
+def _failed_rows(entries: Sequence[Mapping[str, Any]], name: str) -> list[int]:
+    """Row numbers of table ``name`` that hold failed points (the record lists every block)."""
+    rows, start = [], 0
+    for entry in entries:
+        n = entry["rows"].get(name, 0)
+        if entry.get(FAILED):
+            rows += range(start, start + n)
+        start += n
+    return rows
 
 
 __all__ = ["SWEEP_RECORD_SUFFIX", "Point", "Rows", "Scalar", "run_sweep", "run_sweep_tables"]
