@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/bench_sweeps.py                 # 1 round, ~5 min on 2 quiet cores
     python benchmarks/bench_sweeps.py --rounds 3      # medians of 3 interleaved rounds
+    python benchmarks/bench_sweeps.py --size test --out /tmp/s.json  # smoke run, test organism
 
 The sweep is the one ``unlearn-interp figures`` runs for the demo organism (cached; built on
 first use): ``analysis.coefficient_sweep`` at the base and c = 30, 100, 300, 1000, 3000, RMU
@@ -41,14 +42,14 @@ METHODS = ("serial", "serial_1thread", "ray")
 COEFS = (30.0, 100.0, 300.0, 1000.0, 3000.0)  # GALLERY["demo"].coefs, plus the base: 6 points
 
 
-def sweep(executor):
-    """The demo gallery's coefficient sweep on the cached demo organism (loaded outside)."""
+def sweep(executor, size: str = "demo"):
+    """The gallery's coefficient sweep of ``size`` on the cached organism (loaded outside)."""
     from unlearn_interp import analysis, rmu
     from unlearn_interp.pipeline.demo import organism_rmu_config
     from unlearn_interp.pipeline.gallery import GALLERY
 
     org = ORGANISM
-    settings = GALLERY["demo"]
+    settings = GALLERY[size]
     cfg = organism_rmu_config(org, 0)
     cfg = rmu.RMUConfig.from_dict({**cfg.to_dict(), "steps": settings.steps})
     setup = analysis.MCQSetup(mode=org.mcq_mode, prompt_template=org.qa_template, batch_size=32)
@@ -78,7 +79,7 @@ def tree_cpu_seconds() -> float:
     return total
 
 
-def worker(method: str, out: Path) -> None:
+def worker(method: str, out: Path, size: str) -> None:
     global ORGANISM
     import torch
 
@@ -87,14 +88,14 @@ def worker(method: str, out: Path) -> None:
 
     if method != "serial":
         torch.set_num_threads(1)
-    ORGANISM = organism.load_organism("demo", progress=False)
+    ORGANISM = organism.load_organism(size, progress=False)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     if method == "ray":
         with RayExecutor(workers=2, threads_per_worker=1, gpus_per_task=0.0) as executor:
-            tables = sweep(executor)
+            tables = sweep(executor, size)
             cpu = tree_cpu_seconds() - cpu0
     else:
-        tables = sweep(None)
+        tables = sweep(None, size)
         cpu = time.process_time() - cpu0
     wall = time.perf_counter() - wall0
     result = {"wall_seconds": wall, "cpu_seconds": cpu, "threads": torch.get_num_threads()}
@@ -102,12 +103,12 @@ def worker(method: str, out: Path) -> None:
     (out / f"{method}.pkl").write_bytes(pickle.dumps(tables))
 
 
-def run_method(method: str, work: Path) -> dict:
+def run_method(method: str, work: Path, size: str) -> dict:
     env = dict(os.environ)
     if method == "serial":
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env.pop(name, None)
-    command = [sys.executable, __file__, "--worker", method, "--work", str(work)]
+    command = [sys.executable, __file__, "--worker", method, "--work", str(work), "--size", size]
     subprocess.run(command, check=True, env=env)
     return json.loads((work / f"{method}.json").read_text())
 
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> None:
     from unlearn_interp import organism
     from unlearn_interp.artifacts import library_versions, write_json
 
-    organism.load_organism("demo", progress=True)  # build the cache outside the timings
+    organism.load_organism(args.size, progress=True)  # build the cache outside the timings
     measured: dict[str, list[dict]] = {m: [] for m in METHODS}
     equal = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> None:
         for round_ in range(args.rounds):
             order = METHODS[round_ % 3 :] + METHODS[: round_ % 3]  # interleaved
             for method in order:
-                measured[method].append(run_method(method, work))
+                measured[method].append(run_method(method, work, args.size))
                 print(f"round {round_ + 1} {method}: {measured[method][-1]}", flush=True)
             equal.append(tables_equal(work, "ray", "serial_1thread"))
     medians = {
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> None:
     out = args.out or Path(__file__).parent / "results" / "sweeps_cpu.json"
     write_json(out, {
         "benchmark": "6-point coefficient sweep on the demo organism, serial vs Ray (2 workers)",
-        "points": 1 + len(COEFS), "rounds": args.rounds, "cpu_count": os.cpu_count(),
+        "organism": args.size, "points": 1 + len(COEFS), "rounds": args.rounds, "cpu_count": os.cpu_count(),
         "ray_time_includes": "ray.init, worker imports, object store transfer, shutdown",
         "methods": medians, "ratios": ratios, "ray_tables_equal_serial_1thread": all(equal),
         "versions": library_versions(),
@@ -173,11 +174,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (medians)")
     parser.add_argument("--out", type=Path, help="results JSON (default: results/sweeps_cpu.json)")
+    parser.add_argument("--size", choices=("demo", "test"), default="demo", help="organism")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.work)
+        worker(args.worker, args.work, args.size)
     else:
         run(args)
 
