@@ -14,14 +14,21 @@ weights) and runs each method in its own fresh subprocess, interleaved round by 
 * ``load_first_blocks``: ``models.load_model(ckpt, first_blocks=8)`` (the loading part alone);
 * ``train_first_blocks``: that, then ``rmu.train_rmu`` for ``--steps`` steps (RMU at layer 7,
   update 5..7, batch 4 x 256 tokens, two topics: bench_rmu's settings);
-* ``train_whole``: the same training on the whole model (for reference).
+* ``train_whole``: the same training on the whole model (for reference);
+* ``train_first_blocks_recompute`` / ``train_whole_recompute``: the same trainings with
+  ``train_rmu(..., recompute_blocks=True)`` (the trained blocks 5..7 under activation
+  checkpointing: only block inputs are kept, the backward pass rebuilds one block's graph at a
+  time, one more forward pass of those blocks per term).
 
 Memory on CPU: peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs`` after
 every import, so the imports' transient peak is not counted; Linux) minus the resident size
 then, loading included; on CUDA ``torch.cuda.max_memory_allocated``. Time: wall and process
-CPU seconds of the whole method (loading + training), medians over rounds. The parent checks that
-``train_first_blocks`` and ``train_whole`` end on bitwise-identical weights (max |diff| 0), prints
-a table and writes ``benchmarks/results/first_blocks_<shape>_<device>_<dtype>.json``.
+CPU seconds of the whole method (loading + training), medians over rounds. ``loaded_mib`` is the
+resident size right after loading (above the imports), so ``peak_mib - loaded_mib`` is what
+training adds: activations, gradients and AdamW state of the trained tensors, two saved copies
+of their base values (``trained_state_mib`` counts those five copies from the shape). The parent
+checks that every training ends on weights bitwise identical to ``train_whole``'s (max |diff| 0),
+prints a table and writes ``benchmarks/results/first_blocks_<shape>_<device>_<dtype>.json``.
 Goal (issue 16): training on the first blocks <= 0.35x the peak of loading the whole model.
 """
 
@@ -46,7 +53,11 @@ from bench_rmu import SHAPES, build_checkpoint, make_corpora  # noqa: E402
 from unlearn_interp import data, models, rmu  # noqa: E402
 from unlearn_interp.artifacts import library_versions, write_json  # noqa: E402
 
-METHODS = ("load_whole", "load_first_blocks", "train_first_blocks", "train_whole")
+METHODS = (
+    "load_whole", "load_first_blocks", "train_first_blocks", "train_whole",
+    "train_first_blocks_recompute", "train_whole_recompute",
+)  # fmt: skip
+TRAINED_COPIES = 5  # gradient, AdamW exp_avg and exp_avg_sq, SplitForward.base, trainable's entry
 
 
 def rmu_config(steps: int) -> rmu.RMUConfig:
@@ -58,14 +69,20 @@ def rmu_config(steps: int) -> rmu.RMUConfig:
 
 
 def run_method(method: str, work: Path, cfg: rmu.RMUConfig, device: str, dtype: torch.dtype):
-    """Load (and train, for the train_* methods); returns the trained W_out tensors or None."""
-    first = cfg.layer + 1 if method.endswith("first_blocks") else None
+    """Load (and train, for the train_* methods); returns (resident KiB after loading, the
+    trained W_out tensors or None)."""
+    first = cfg.layer + 1 if "first_blocks" in method else None
     model = models.load_model(work / "checkpoint", device=device, dtype=dtype, first_blocks=first)
+    cuda = device.startswith("cuda")
+    loaded = torch.cuda.memory_allocated() / 1024 if cuda else status_kib("VmRSS")
     if not method.startswith("train"):
-        return None
+        return loaded, None
     corpora = json.loads((work / "corpora.json").read_text())
-    retain = [corpora["retain"]] * 2
-    return rmu.train_rmu(model, corpora["forget"], retain, cfg, progress=False).unlearned_weights
+    retain, recompute = [corpora["retain"]] * 2, method.endswith("_recompute")
+    result = rmu.train_rmu(
+        model, corpora["forget"], retain, cfg, progress=False, recompute_blocks=recompute
+    )
+    return loaded, result.unlearned_weights
 
 
 def status_kib(field: str) -> int:
@@ -87,7 +104,7 @@ def worker(args: argparse.Namespace) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # peak (VmHWM) := now: the imports' own
     baseline = status_kib("VmRSS")  # transient peak is not the method's (ru_maxrss would keep it)
     start = time.perf_counter(), time.process_time()
-    weights = run_method(args.worker, work, cfg, args.device, getattr(torch, args.dtype))
+    loaded, weights = run_method(args.worker, work, cfg, args.device, getattr(torch, args.dtype))
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start[0], time.process_time() - start[1]
@@ -99,6 +116,7 @@ def worker(args: argparse.Namespace) -> None:
         if cuda
         else (peak_kib - baseline) / 1024,
         "process_peak_mib": peak_kib / 1024,
+        "loaded_mib": (loaded - (0 if cuda else baseline)) / 1024,
         "import_baseline_mib": baseline / 1024,
         "seconds": seconds[0],
         "cpu_seconds": seconds[1],
@@ -115,13 +133,16 @@ def write_inputs(args: argparse.Namespace, work: Path) -> None:
 
 
 def max_weight_diff(work: Path) -> dict[str, float]:
-    """Max |diff| between the two trainings' final weights (must be 0) and the largest update."""
-    first = models.load_weights(work / "train_first_blocks.safetensors")
+    """Max |diff| between each training's final weights and ``train_whole``'s (must be 0)."""
     whole = models.load_weights(work / "train_whole.safetensors")
-    assert sorted(first) == sorted(whole), "the two trainings trained different tensors"
-    diff = max((first[n].float() - whole[n].float()).abs().max().item() for n in whole)
-    assert diff == 0.0, f"training on the first blocks changed the weights (max |diff| {diff})"
-    return {"max_abs_diff": diff}
+    diffs = {}
+    for method in [m for m in METHODS if m.startswith("train") and m != "train_whole"]:
+        other = models.load_weights(work / f"{method}.safetensors")
+        assert sorted(other) == sorted(whole), f"{method} trained different tensors"
+        diff = max((other[n].float() - whole[n].float()).abs().max().item() for n in whole)
+        assert diff == 0.0, f"{method} changed the weights (max |diff| {diff} vs train_whole)"
+        diffs[method] = diff
+    return {"max_abs_diff": max(diffs.values()), "per_method": diffs}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -140,35 +161,55 @@ def run(args: argparse.Namespace) -> None:
     results = {m: medians(rows) for m, rows in rounds.items()}
     load_whole = results["load_whole"]["peak_mib"]
     ratios = {f"{m}_over_load_whole": results[m]["peak_mib"] / load_whole for m in METHODS[1:]}
-    ratios["train_first_blocks_over_train_whole"] = (
-        results["train_first_blocks"]["peak_mib"] / results["train_whole"]["peak_mib"]
-    )
-    report(args, results, rounds, ratios, weights)
+    for method in ("train_first_blocks", "train_first_blocks_recompute"):
+        ratios[f"{method}_over_train_whole"] = (
+            results[method]["peak_mib"] / results["train_whole"]["peak_mib"]
+        )
+    breakdown = {"added_by_training_mib": {
+        m: round(results[m]["peak_mib"] - results[m]["loaded_mib"], 1)
+        for m in METHODS if m.startswith("train")
+    }, "trained_state_mib": trained_state_mib(args)}  # fmt: skip
+    report(args, results, rounds, ratios, weights, breakdown)
+
+
+def trained_state_mib(args: argparse.Namespace) -> float:
+    """The trained W_out tensors' gradient, AdamW state and two base copies, from the shape."""
+    shape, cfg = SHAPES[args.shape], rmu_config(args.steps)
+    numel = len(cfg.update_layers) * shape["d_mlp"] * shape["d_model"]
+    return TRAINED_COPIES * numel * getattr(torch, args.dtype).itemsize / 2**20
 
 
 def medians(rows: list[dict]) -> dict[str, float]:
     return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
 
 
-def report(args, results, rounds, ratios, weights) -> None:
+def report(args, results, rounds, ratios, weights, breakdown) -> None:
     cfg = rmu_config(args.steps)
     print(
         f"{args.shape} on {args.device} ({args.dtype}, {args.threads} threads, {args.rounds} "
         f"rounds): RMU at layer {cfg.layer}, update {list(cfg.update_layers)}, batch "
         f"{cfg.batch_size} x {cfg.max_len}, {cfg.steps} steps; first_blocks={cfg.layer + 1}"
     )
-    print(f"{'method':<20}{'peak MiB':>10}{'x load_whole':>14}{'wall s':>9}{'CPU s':>8}")
+    print(
+        f"{'method':<30}{'peak MiB':>9}{'x load_whole':>13}{'loaded':>8}{'wall s':>8}{'CPU s':>7}"
+    )
     for method in METHODS:
         r = results[method]
         ratio = r["peak_mib"] / results["load_whole"]["peak_mib"]
         print(
-            f"{method:<20}{r['peak_mib']:>10.1f}{ratio:>14.3f}{r['seconds']:>9.1f}"
-            f"{r['cpu_seconds']:>8.1f}"
+            f"{method:<30}{r['peak_mib']:>9.1f}{ratio:>13.3f}{r['loaded_mib']:>8.1f}"
+            f"{r['seconds']:>8.1f}{r['cpu_seconds']:>7.1f}"
+        )
+    for method in ("train_first_blocks", "train_first_blocks_recompute"):
+        print(
+            f"{method} / load_whole {ratios[f'{method}_over_load_whole']:.3f}x (goal <= 0.35x); "
+            f"/ train_whole {ratios[f'{method}_over_train_whole']:.3f}x"
         )
     print(
-        f"train_first_blocks / load_whole {ratios['train_first_blocks_over_load_whole']:.3f}x "
-        f"(goal <= 0.35x); / train_whole {ratios['train_first_blocks_over_train_whole']:.3f}x; "
-        f"final weights max |diff| {weights['max_abs_diff']:.1f}"
+        f"training adds (peak - loaded) {breakdown['added_by_training_mib']}, of which the trained "
+        f"tensors' {TRAINED_COPIES} copies (gradient, AdamW state, base values) are "
+        f"{breakdown['trained_state_mib']:.1f} MiB; final weights max |diff| vs train_whole "
+        f"{weights['max_abs_diff']:.1f}"
     )
     name = f"first_blocks_{args.shape}_{args.device.split(':')[0]}_{args.dtype}.json"
     out = args.out or Path(__file__).parent / "results" / name
@@ -180,6 +221,7 @@ def report(args, results, rounds, ratios, weights) -> None:
         out,
         {
             "methods": results, "rounds": rounds, "ratios": ratios, "weights": weights,
+            "breakdown": breakdown,
             "config": cfg.to_dict(), "first_blocks": cfg.layer + 1, "shape": SHAPES[args.shape],
             "args": {k: str(v) for k, v in vars(args).items()}, "memory_measure": memory,
             "library_versions": library_versions(),
