@@ -59,7 +59,7 @@ def run_sweep(
     finished rows, and a rerun with the same ``settings`` skips the points already done (a
     rerun with other settings starts afresh). ``measure`` returns a DataFrame, a list of
     row dicts or one row dict. ``executor`` runs the points (default: serially, here); for
-    Ray, ``measure`` and what it captures must pickle.
+    Ray, ``measure`` and what it captures must be picklable.
 
     >>> table = run_sweep([{"layer": l} for l in range(4)],
     ...                   lambda p: {"phi": phi_at(p["layer"])}, table_path="phi.csv")  # doctest: +SKIP
