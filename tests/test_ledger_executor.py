@@ -79,6 +79,7 @@ def part_seconds(run) -> dict[str, float]:
     return {name: times[f"ledger_{name}"] for name in PARTS if f"ledger_{name}" in times}
 
 
+@pytest.mark.slow  # ~90 s; the default suite keeps the interrupted-serial-finishes-on-Ray test
 def test_ledger_on_two_ray_workers_equals_the_serial_ledger(demo_run, serial, ray_executor,
                                                             tmp_path):  # fmt: skip
     run = copy_of(demo_run, tmp_path)
