@@ -162,6 +162,8 @@ def hf_scoring(hf, tokenizer, items, batch_size: int, device: str):
     prompts = [data.mcq_prompt(item, SUBJECT) for item in items]
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     letters = [[tokenizer(p + " " + x)["input_ids"][-1] for x in "ABCD"] for p in prompts]
+    if any(len(tokenizer(" " + x, add_special_tokens=False)["input_ids"]) != 1 for x in "ABCD"):
+        raise SystemExit("The tokenizer splits ' A' .. ' D'; HF's side would score other tokens.")
     pad = data.pad_token_id(tokenizer)
 
     def run():
@@ -319,7 +321,9 @@ def run_side(side: str, work: Path, args) -> dict:
 def write_inputs(args, work: Path) -> None:
     cfg = rmu_config(args)
     forget, retain = bench_rmu.make_corpora(cfg.steps, cfg.batch_size)
-    tokenizer = data.train_tokenizer(forget[0] + forget[1] + retain, vocab_size=2000)
+    # every real tokenizer has " A" .. " D" as single tokens; so must this one (letter scoring)
+    answers = [" ".join(f"Answer: {x}" for x in "ABCD")] * 50
+    tokenizer = data.train_tokenizer(forget[0] + forget[1] + retain + answers, vocab_size=2000)
     (work / "corpora.json").write_text(json.dumps({"forget": forget, "retain": retain}))
     dtype = getattr(torch, args.dtype)
     build_checkpoint(args.shape, tokenizer, work / "checkpoint", args.device, dtype)

@@ -437,6 +437,16 @@ def test_shared_prompt_prefix_runs_once_and_scores_stay_within_1e_4(
     assert len(found) == 3 and found == [0, 0, 0]
 
 
+def test_a_shared_prefix_runs_once_only_where_it_saves_more_than_a_call_costs(
+    tmp_path, monkeypatch, tokenizer
+):
+    model = models.load_model(seeded_checkpoint("gpt2", tmp_path, tokenizer), device="cpu")
+    rows = [[7] * 16 + [i, i + 1, i + 2] for i in range(8)]  # 16 shared tokens, 8 rows
+    for cost, expected in ((32, 16), (111, 16), (112, 0), (2048, 0)):  # 7 rows x 16 saved = 112
+        monkeypatch.setattr(scoring, "call_cost", lambda model, cost=cost: cost)
+        assert scoring._shared_prefix(model, rows, keep=1) == expected, cost
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])  # learned positions; rotary + grouped-query
 def test_continuations_are_written_into_their_context_caches_buffers(
     tmp_path, monkeypatch, tokenizer, family

@@ -308,12 +308,15 @@ MIN_SHARED_PREFIX = 4
 
 def _shared_prefix(model: Model, rows: Sequence[Sequence[int]], keep: int) -> int:
     """How many leading tokens all ``rows`` share, leaving at least ``keep`` of each row after
-    them; 0 when that is under :data:`MIN_SHARED_PREFIX`, for a single row, or when forward
-    hooks are installed (they then see every row in one pass, as without sharing)."""
+    them; 0 when that is under :data:`MIN_SHARED_PREFIX`, for a single row, when forward hooks
+    are installed (they then see every row in one pass, as without sharing), or when the tokens
+    saved do not pay for the extra forward call (:func:`call_cost`: on a GPU a 7B model's call
+    costs more than a batch's description lines)."""
     if len(rows) < 2 or activations.has_forward_hooks(model):
         return 0
     n = min(len(os.path.commonprefix([tuple(r) for r in rows])), min(map(len, rows)) - keep)
-    return n if n >= MIN_SHARED_PREFIX else 0
+    saved = (len(rows) - 1) * n
+    return n if n >= MIN_SHARED_PREFIX and saved > call_cost(model) else 0
 
 
 def _run_after_prefix(
