@@ -15,7 +15,9 @@ Checkpoints (each loaded both ways from one HuggingFace directory):
 * ``mistral-shaped``: random weights of Mistral's proportions at a comparable size (6 blocks of
   d_model 1024, 16 heads over 4 K/V heads, d_mlp 3584, 32k vocabulary, untied; 147M parameters).
 
-The random checkpoints are written to a temporary directory with SmolLM2's tokenizer.
+The random checkpoints are written to a temporary directory with a small tokenizer trained here
+(the inputs are random ids, so any tokenizer serves), so they need no download: they run on a
+GPU machine that reaches no package index.
 
 Runners, on ``--batch`` x ``--seq`` random token ids, no grad: ``tl`` (the model as
 ``load_model`` returns it, ``backend_speed`` active), ``tl_unpatched`` (a copy with
@@ -44,7 +46,7 @@ from pathlib import Path
 import torch
 from bench_evaluation import interleaved  # the sibling benchmark's helper (scripts share a folder)
 
-from unlearn_interp import backend_speed, models, sources
+from unlearn_interp import backend_speed, data, models, sources
 from unlearn_interp.artifacts import library_versions, write_json
 
 TARGET = 1.15
@@ -74,13 +76,15 @@ def write_random_checkpoint(name: str, path: Path, tokenizer) -> Path:
 
 def checkpoint_dir(name: str, work: Path) -> Path:
     """The HuggingFace directory both sides load ``name`` from."""
-    real = sources.asset_dir("smollm2-135m")
     if name == "smollm2-135m":
-        return real
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(real, local_files_only=True)
+        return sources.asset_dir("smollm2-135m")
+    tokenizer = data.train_tokenizer([TOKENIZER_TEXT], vocab_size=512)
     return write_random_checkpoint(name, work / name, tokenizer)
+
+
+TOKENIZER_TEXT = " ".join(
+    ["the residual stream of a transformer carries every layer's output"] * 20
+)
 
 
 def measure(name: str, path: Path, args: argparse.Namespace) -> dict:
