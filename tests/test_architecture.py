@@ -30,6 +30,7 @@ RANKS = {
     "variants": 3,
     "real_data": 3,
     "plotting": 3,
+    "backend_pin": 3.5,  # the TransformerLens versions both backend patches were tested on
     "hf_convert": 4,
     "backend_speed": 4,  # TransformerLens forward patch, installed by models
     "backend_decode": 4,  # TransformerLens cached-attention patch, installed by models
@@ -58,6 +59,7 @@ PLOTTING_MAY_IMPORT = {"errors", "artifacts", "data", "stats", "plotting"}
 SEAM = {"models", "hf_convert", "backend_speed", "activations", "interventions", "variants"}
 SEAM |= {"backend_decode"}  # cached decoding (rotated keys, grouped attention)
 SEAM |= {"loader"}  # load_model, moved out of models
+SEAM |= {"backend_pin"}  # reads the installed TransformerLens version
 TL_NAMES = [
     r"\btransformer_lens\b",
     r"\bHookedTransformer\w*",

@@ -18,7 +18,7 @@ import torch
 from conftest import save_hf_checkpoint
 from transformer_lens.components import AbstractAttention
 
-from unlearn_interp import activations, backend_decode, data, models
+from unlearn_interp import activations, backend_decode, backend_pin, data, models
 from unlearn_interp.variants import hooks_installed
 
 TOLERANCE = 1e-5
@@ -200,7 +200,7 @@ def test_an_unsupported_feature_decodes_unpatched(model):
 def test_inert_on_an_untested_transformer_lens(model, monkeypatch):
     assert backend_decode.is_tested_version("3.9.0")
     assert not backend_decode.is_tested_version("4.0.0")
-    monkeypatch.setattr(backend_decode, "backend_version", lambda: "4.0.0")
+    monkeypatch.setattr(backend_pin, "backend_version", lambda: "4.0.0")  # both patches' pin
     assert not backend_decode.supports(model)
     assert not backend_decode.is_decode_cache(activations.new_kv_cache(model, 2, max_len=8))
     unwrapped = AbstractAttention.forward.__wrapped__

@@ -29,11 +29,11 @@ repeated key or value, so grouping changes no hook's view; ``hook_attn_scores``,
 ``hook_pattern`` and ``hook_z`` get the ``[batch, head, query, key]`` / ``[batch, pos, head,
 d_head]`` tensors they always get (scores equal up to float rounding of the grouped matmul).
 
-**How it is pinned.** :func:`install` acts only on :data:`TESTED_VERSIONS`; :func:`supports`
-lists the attention features the decode path implements and refuses a model with any other
-(ALiBi, relative bias, local windows, dynamic NTK, log-n scaling, sinks, QKV clipping, OLMo's
-q/k norm, 4-bit weights, ``use_attn_result``), which then decodes through TransformerLens' own
-forward. ``tests/test_backend_decode.py`` checks tokens, per-step logits and every attention
+**How it is pinned.** :func:`install` acts only on :data:`backend_pin.TESTED_VERSIONS`;
+:func:`supports` lists the attention features the decode path implements and refuses a model with
+any other (ALiBi, relative bias, local windows, dynamic NTK, log-n scaling, sinks, QKV clipping,
+OLMo's q/k norm, 4-bit weights, ``use_attn_result``), which then decodes through TransformerLens'
+own forward. ``tests/test_backend_decode.py`` checks tokens, per-step logits and every attention
 hook's activations against the unpatched forward.
 
     >>> from unlearn_interp import activations
@@ -45,7 +45,6 @@ hook's activations against the unpatched forward.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import logging
 from collections.abc import Sequence
 
@@ -60,23 +59,12 @@ from transformer_lens.components import AbstractAttention
 from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.tensors import get_offset_position_ids
 
+from unlearn_interp.backend_pin import TESTED_VERSIONS, backend_version, is_tested_version
+
 log = logging.getLogger(__name__)
 
-# TransformerLens releases whose attention forward was read and tested against this decode path.
-TESTED_VERSIONS = ("3.9.",)
 _MARK = "_unlearn_interp_decode"
 _UNSUPPORTED_ARCHITECTURES = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
-
-
-@functools.cache
-def backend_version() -> str:
-    """The installed TransformerLens version."""
-    return importlib.metadata.version("transformer_lens")
-
-
-def is_tested_version(version: str | None = None) -> bool:
-    """Whether ``version`` (default: the installed one) is one this patch was tested on."""
-    return (version or backend_version()).startswith(TESTED_VERSIONS)
 
 
 def is_installed() -> bool:

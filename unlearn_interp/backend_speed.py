@@ -31,11 +31,11 @@ layout: still correct, only slower again; call :func:`hf_layout` after such a lo
 Non-gated MLPs (GPT-2) are left alone: their ``batch_addmm`` reads ``W_in``/``W_out`` as stored.
 
 **How it is pinned.** :func:`install` acts only on the TransformerLens versions in
-:data:`TESTED_VERSIONS` (others run unpatched, logged once). ``tests/test_backend_speed.py``
-asserts that a patched forward copies no parameter and an unpatched one does (so a release that
-changes these forwards fails there), and that logits, gradients, every hook's activation and
-variants are equal to the unpatched model's. ``benchmarks/bench_forward.py`` measures it
-against HuggingFace.
+:data:`backend_pin.TESTED_VERSIONS` (others run unpatched, logged once).
+``tests/test_backend_speed.py`` asserts that a patched forward copies no parameter and an unpatched
+one does (so a release that changes these forwards fails there), and that logits, gradients, every
+hook's activation and variants are equal to the unpatched model's. ``benchmarks/bench_forward.py``
+measures it against HuggingFace.
 
     >>> from unlearn_interp import backend_speed, models
     >>> model = models.load_model("smollm2-135m")            # doctest: +SKIP
@@ -47,7 +47,6 @@ against HuggingFace.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import logging
 from collections.abc import Iterator
 
@@ -58,10 +57,12 @@ from transformer_lens import HookedTransformer
 from transformer_lens.components import AbstractAttention, Unembed
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
 
+from unlearn_interp.backend_pin import TESTED_VERSIONS as TESTED_VERSIONS
+from unlearn_interp.backend_pin import backend_version as backend_version
+from unlearn_interp.backend_pin import is_tested_version as is_tested_version
+
 log = logging.getLogger(__name__)
 
-# TransformerLens releases whose forwards were read and tested against this layout.
-TESTED_VERSIONS = ("3.9.",)
 _MARK = "_unlearn_interp_fast_layout"
 
 # Per parameter: the dimension order whose contiguous tensor the forward builds (nn.Linear's
@@ -70,16 +71,6 @@ _ATTN_ORDERS = {"W_Q": (0, 2, 1), "W_K": (0, 2, 1), "W_V": (0, 2, 1), "_W_K": (0
                 "_W_V": (0, 2, 1), "W_O": (2, 0, 1)}  # fmt: skip
 _GATED_MLP_ORDERS = {"W_in": (1, 0), "W_gate": (1, 0), "W_out": (1, 0)}
 _UNEMBED_ORDERS = {"W_U": (1, 0)}
-
-
-def backend_version() -> str:
-    """The installed TransformerLens version."""
-    return importlib.metadata.version("transformer_lens")
-
-
-def is_tested_version(version: str | None = None) -> bool:
-    """Whether ``version`` (default: the installed one) is one this patch was tested on."""
-    return (version or backend_version()).startswith(TESTED_VERSIONS)
 
 
 def install() -> bool:
