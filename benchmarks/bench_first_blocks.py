@@ -48,7 +48,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_rmu import SHAPES, build_checkpoint, make_corpora  # noqa: E402
+from bench_rmu import SHAPES, build_checkpoint, make_corpora, shared_parser  # noqa: E402
 
 from unlearn_interp import data, models, rmu  # noqa: E402
 from unlearn_interp.artifacts import library_versions, write_json  # noqa: E402
@@ -231,23 +231,10 @@ def report(args, results, rounds, ratios, weights, breakdown) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="zephyr-512")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--steps", type=int, default=4)
+    parser = shared_parser(__doc__.splitlines()[0], METHODS, steps=4)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1: least noisy on shared CPUs)"
-    )
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        worker(args)
-    else:
-        run(args)
+    (worker if args.worker else run)(args)
 
 
 if __name__ == "__main__":

@@ -392,25 +392,31 @@ def report(args, cfg, results, ratios, weights) -> None:
     print(f"wrote {out}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def shared_parser(
+    description: str, methods: tuple[str, ...], steps: int
+) -> argparse.ArgumentParser:
+    """The options of this benchmark and of bench_first_blocks (shape, device, dtype, steps,
+    threads, out) and the hidden ones the parent passes a worker subprocess (--worker, --work)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="zephyr-512")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--coef", type=float, default=20.0)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1: least noisy on shared CPUs)"
     )
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=methods, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> None:
+    parser = shared_parser(__doc__.splitlines()[0], METHODS, steps=10)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--coef", type=float, default=20.0)
     args = parser.parse_args()
-    if args.worker:
-        worker(args)
-    else:
-        run(args)
+    (worker if args.worker else run)(args)
 
 
 if __name__ == "__main__":
