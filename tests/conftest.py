@@ -107,6 +107,19 @@ def save_hf_checkpoint(family: str, path: Path, tokenizer, seed: int = 0) -> Pat
     return path
 
 
+def peaked_checkpoint_model(family: str, path: Path, tokenizer, seed: int) -> models.Model:
+    """A tiny ``family`` checkpoint saved to ``path`` and loaded on the CPU, its matrices redrawn
+    (``randn * 0.3``, generator seeded ``seed``) large enough that attention and next-token
+    distributions are far from uniform."""
+    loaded = models.load_model(save_hf_checkpoint(family, path, tokenizer), device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in loaded.parameters():
+            if param.ndim >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return loaded
+
+
 @pytest.fixture(scope="session")
 def organism_test(tmp_path_factory):
     """The "test"-size model organism (organism.load_organism), pretrained once per session into

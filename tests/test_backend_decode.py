@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import save_hf_checkpoint
+from conftest import peaked_checkpoint_model
 from transformer_lens.components import AbstractAttention
 
-from unlearn_interp import activations, backend_decode, backend_pin, data, models
+from unlearn_interp import activations, backend_decode, backend_pin, data
 from unlearn_interp.variants import hooks_installed
 
 TOLERANCE = 1e-5
@@ -30,14 +30,8 @@ ATTENTION_HOOKS = ["hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "ho
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def model(request, tmp_path_factory, tokenizer):
     """A tiny checkpoint with weights drawn large enough that attention is far from uniform."""
-    path = save_hf_checkpoint(request.param, tmp_path_factory.mktemp(request.param), tokenizer)
-    loaded = models.load_model(path, device="cpu")
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for param in loaded.parameters():
-            if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return loaded
+    path = tmp_path_factory.mktemp(request.param)
+    return peaked_checkpoint_model(request.param, path, tokenizer, seed=5)
 
 
 def prompts(batch_size: int) -> data.Batch:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import save_hf_checkpoint
+from conftest import peaked_checkpoint_model
 
 from unlearn_interp import activations, data, evaluation, models
 from unlearn_interp.evaluation.generation import chat_prompt
@@ -19,14 +19,8 @@ PROMPTS = ["The quick brown fox jumps", "A", "Residual streams carry", "Which ge
 def model(request, tmp_path_factory, tokenizer):
     """A tiny checkpoint (llama: rotary, grouped-query attention) with weights drawn large
     enough that the next-token distributions are far from uniform."""
-    path = save_hf_checkpoint(request.param, tmp_path_factory.mktemp(request.param), tokenizer)
-    loaded = models.load_model(path, device="cpu")
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for param in loaded.parameters():
-            if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return loaded
+    path = tmp_path_factory.mktemp(request.param)
+    return peaked_checkpoint_model(request.param, path, tokenizer, seed=3)
 
 
 @torch.no_grad()
