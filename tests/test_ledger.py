@@ -205,20 +205,27 @@ def test_rerun_resumes_without_recomputing(ledger_run, monkeypatch):
     assert (ledger_run["out"] / "report.md").read_text().count(ledger.SECTION) == 1
 
 
+def finetune_failing_at_seed_1(monkeypatch, error: BaseException | type[BaseException]):
+    """Make the ledger's fine-tuning part raise ``error`` at seed 1 (seed 0 runs as usual);
+    returns the real part."""
+    finetune = ledger_parts.SEEDED_PARTS["finetune"]
+
+    def fails_at_seed_1(context, seed):
+        if seed == 1:
+            raise error
+        return finetune(context, seed)
+
+    monkeypatch.setitem(ledger_parts.SEEDED_PARTS, "finetune", fails_at_seed_1)
+    return finetune
+
+
 @pytest.mark.slow
 def test_interrupted_ledger_resumes_at_the_first_unfinished_part(ledger_run, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(ledger_run["out"], run)
     for path in run.glob("tables/ledger*.csv"):
         path.unlink()
-    finetune = ledger_parts.SEEDED_PARTS["finetune"]
-
-    def interrupted_at_seed_1(context, seed):
-        if seed == 1:
-            raise KeyboardInterrupt
-        return finetune(context, seed)
-
-    monkeypatch.setitem(ledger_parts.SEEDED_PARTS, "finetune", interrupted_at_seed_1)
+    finetune = finetune_failing_at_seed_1(monkeypatch, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
         ledger.run_ledger(run, settings=SETTINGS, org=ledger_run["org"], progress=False)
     assert (run / "tables/ledger_finetune_seed0_per_item.csv").is_file()

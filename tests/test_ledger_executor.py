@@ -15,7 +15,7 @@ import cloudpickle
 import pandas as pd
 import pytest
 import torch
-from test_ledger import REAL_SETTINGS, make_model_demo_run, tiny_study
+from test_ledger import REAL_SETTINGS, finetune_failing_at_seed_1, make_model_demo_run, tiny_study
 
 from unlearn_interp import cli, models, organism, pipeline
 from unlearn_interp.attacks.finetune import FinetuneConfig
@@ -94,14 +94,7 @@ def test_ledger_on_two_ray_workers_equals_the_serial_ledger(demo_run, serial, ra
 def test_interrupted_serial_ledger_finishes_on_ray(demo_run, serial, ray_executor, tmp_path,
                                                    monkeypatch):  # fmt: skip
     run = copy_of(demo_run, tmp_path)
-    finetune = ledger_parts.SEEDED_PARTS["finetune"]
-
-    def interrupted_at_seed_1(context, seed):
-        if seed == 1:
-            raise KeyboardInterrupt
-        return finetune(context, seed)
-
-    monkeypatch.setitem(ledger_parts.SEEDED_PARTS, "finetune", interrupted_at_seed_1)
+    finetune = finetune_failing_at_seed_1(monkeypatch, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
         ledger.run_ledger(run, settings=SETTINGS, study=demo_run[1], progress=False)
     finished = part_seconds(run)
@@ -130,14 +123,7 @@ def test_a_part_failing_twice_on_ray_is_reported_and_the_ledger_finishes_seriall
     demo_run, serial, ray_executor, tmp_path, monkeypatch
 ):
     run = copy_of(demo_run, tmp_path)
-    finetune = ledger_parts.SEEDED_PARTS["finetune"]
-
-    def fails_at_seed_1(context, seed):
-        if seed == 1:
-            raise RuntimeError("no memory left for seed 1")
-        return finetune(context, seed)
-
-    monkeypatch.setitem(ledger_parts.SEEDED_PARTS, "finetune", fails_at_seed_1)
+    finetune = finetune_failing_at_seed_1(monkeypatch, RuntimeError("no memory left for seed 1"))
     with pytest.raises(ledger_parts.LedgerPartsFailed, match="finetune_seed1") as raised:
         ledger.run_ledger(run, settings=SETTINGS, study=demo_run[1], progress=False,
                           executor=ray_executor)  # fmt: skip
