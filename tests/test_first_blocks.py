@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +16,7 @@ import pytest
 import torch
 from conftest import CORPUS, save_hf_checkpoint
 from safetensors.torch import load_file
-from test_loading_memory import big_checkpoint
+from test_loading_memory import big_checkpoint, measure_in_fresh_process
 from test_rmu import FORGET_A, FORGET_B, RETAIN
 
 from unlearn_interp import activations, data, evaluation, models, rmu
@@ -342,35 +339,19 @@ def test_unlearn_job_trains_recomputing_the_trained_blocks(checkpoint, tmp_path,
 
 # --- memory -------------------------------------------------------------------------------------
 
-MEASURE = textwrap.dedent(
-    """
-    import json, sys, warnings
-    warnings.filterwarnings("ignore")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-    from unlearn_interp import models
-
-    def kib(field):
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-
-    first_blocks = None if sys.argv[2] == "all" else int(sys.argv[2])
-    open("/proc/self/clear_refs", "w").write("5")  # peak (VmHWM) := current RSS
-    base = kib("VmRSS")
-    model = models.load_model(sys.argv[1], device="cpu", first_blocks=first_blocks)
-    print(json.dumps({"extra_kib": kib("VmHWM") - base}))
-    """
-)
-
 
 def peak_of_loading(path: Path, first_blocks: str) -> int:
     """Peak RSS of ``load_model`` (float32) above the imports, in KiB, in a fresh process."""
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(path), first_blocks], capture_output=True, text=True
+    measured = measure_in_fresh_process(
+        """
+        first_blocks = None if sys.argv[2] == "all" else int(sys.argv[2])
+        model = models.load_model(sys.argv[1], device="cpu", first_blocks=first_blocks)
+        print(json.dumps({"extra_kib": kib("VmHWM") - base}))
+        """,
+        str(path),
+        first_blocks,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])["extra_kib"]
+    return measured["extra_kib"]
 
 
 @pytest.mark.slow  # ~60 s on 2 busy cores, most of it writing the 117M-parameter checkpoint

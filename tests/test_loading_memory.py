@@ -151,7 +151,7 @@ def test_broken_checkpoints_fail_with_one_sentence(break_it, message, tmp_path, 
     assert "\n" not in str(caught.value)
 
 
-MEASURE = textwrap.dedent(
+MEASURE_PRELUDE = textwrap.dedent(
     """
     import json, sys, warnings
     warnings.filterwarnings("ignore")
@@ -166,22 +166,33 @@ MEASURE = textwrap.dedent(
 
     open("/proc/self/clear_refs", "w").write("5")  # peak (VmHWM) := current RSS
     base = kib("VmRSS")
-    model = models.load_model(sys.argv[1], device="cpu", dtype=getattr(torch, sys.argv[2]))
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    print(json.dumps({"extra_kib": kib("VmHWM") - base, "param_kib": params / 1024}))
     """
 )
+
+
+def measure_in_fresh_process(script: str, *argv: str) -> dict:
+    """Run :data:`MEASURE_PRELUDE` then ``script`` in a fresh Python given ``argv``: the prelude
+    imports, resets the peak RSS (``kib("VmHWM")``) to the current one and keeps that as ``base``
+    (KiB); returns the JSON of the last line ``script`` prints."""
+    command = [sys.executable, "-c", MEASURE_PRELUDE + textwrap.dedent(script), *argv]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def peak_over_params(path: Path, dtype: str) -> float:
     """(peak RSS of load_model above the imports) / (parameter bytes), in a fresh process."""
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc to reset and read the peak resident set size")
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(path), dtype], capture_output=True, text=True
+    measured = measure_in_fresh_process(
+        """
+        model = models.load_model(sys.argv[1], device="cpu", dtype=getattr(torch, sys.argv[2]))
+        params = sum(p.numel() * p.element_size() for p in model.parameters())
+        print(json.dumps({"extra_kib": kib("VmHWM") - base, "param_kib": params / 1024}))
+        """,
+        str(path),
+        dtype,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    measured = json.loads(done.stdout.strip().splitlines()[-1])
     return measured["extra_kib"] / measured["param_kib"]
 
 
