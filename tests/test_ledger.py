@@ -219,6 +219,25 @@ def finetune_failing_at_seed_1(monkeypatch, error: BaseException | type[BaseExce
     return finetune
 
 
+def only_finetune_seed_1_may_run(monkeypatch, finetune) -> None:
+    """After :func:`finetune_failing_at_seed_1`: the ledger's finished parts (reference, ablation,
+    quantize, fine-tuning at seed 0) raise if run again; fine-tuning at seed 1 runs ``finetune``.
+    RuntimeError, not ``pytest.fail``: on Ray they run in the workers, shipped by value."""
+
+    def recomputed(*args):
+        raise RuntimeError("a finished part was recomputed")
+
+    for name in ("reference", "ablation", "quantize"):
+        monkeypatch.setitem(ledger_parts.PARTS, name, recomputed)
+
+    def only_seed_1(context, seed):
+        if seed != 1:
+            raise RuntimeError("a finished seed was recomputed")
+        return finetune(context, seed)
+
+    monkeypatch.setitem(ledger_parts.SEEDED_PARTS, "finetune", only_seed_1)
+
+
 @pytest.mark.slow
 def test_interrupted_ledger_resumes_at_the_first_unfinished_part(ledger_run, tmp_path, monkeypatch):
     run = tmp_path / "run"
@@ -231,14 +250,7 @@ def test_interrupted_ledger_resumes_at_the_first_unfinished_part(ledger_run, tmp
     assert (run / "tables/ledger_finetune_seed0_per_item.csv").is_file()
     assert not (run / "tables/ledger_finetune_seed1_per_item.csv").exists()
     assert not list(run.rglob("*.tmp"))
-    for name in ("reference", "ablation", "quantize"):
-        monkeypatch.setitem(ledger_parts.PARTS, name, lambda c: pytest.fail("recomputed"))
-
-    def seed_0_again(context, seed):
-        assert seed == 1, "the finished seed was recomputed"
-        return finetune(context, seed)
-
-    monkeypatch.setitem(ledger_parts.SEEDED_PARTS, "finetune", seed_0_again)
+    only_finetune_seed_1_may_run(monkeypatch, finetune)
     table = ledger.run_ledger(run, settings=SETTINGS, org=ledger_run["org"], progress=False)
     pd.testing.assert_frame_equal(table, ledger_run["table"])
 

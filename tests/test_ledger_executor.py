@@ -15,7 +15,13 @@ import cloudpickle
 import pandas as pd
 import pytest
 import torch
-from test_ledger import REAL_SETTINGS, finetune_failing_at_seed_1, make_model_demo_run, tiny_study
+from test_ledger import (
+    REAL_SETTINGS,
+    finetune_failing_at_seed_1,
+    make_model_demo_run,
+    only_finetune_seed_1_may_run,
+    tiny_study,
+)
 
 from unlearn_interp import cli, models, organism, pipeline
 from unlearn_interp.attacks.finetune import FinetuneConfig
@@ -100,19 +106,7 @@ def test_interrupted_serial_ledger_finishes_on_ray(demo_run, serial, ray_executo
     finished = part_seconds(run)
     assert set(finished) == set(PARTS) - {"finetune_seed1"}
     assert not (run / "tables/ledger.csv").exists() and not list(run.rglob("*.tmp"))
-
-    def recomputed(*args):  # shipped to the workers by value: a finished part must not run
-        raise RuntimeError("a finished part was recomputed")
-
-    for name in ("reference", "ablation", "quantize"):
-        monkeypatch.setitem(ledger_parts.PARTS, name, recomputed)
-
-    def only_seed_1(context, seed):
-        if seed != 1:
-            raise RuntimeError("a finished seed was recomputed")
-        return finetune(context, seed)
-
-    monkeypatch.setitem(ledger_parts.SEEDED_PARTS, "finetune", only_seed_1)
+    only_finetune_seed_1_may_run(monkeypatch, finetune)
     table = ledger.run_ledger(run, settings=SETTINGS, study=demo_run[1], progress=False,
                               executor=ray_executor)  # fmt: skip
     pd.testing.assert_frame_equal(table, serial[1])
@@ -133,14 +127,7 @@ def test_a_part_failing_twice_on_ray_is_reported_and_the_ledger_finishes_seriall
     finished = part_seconds(run)
     assert set(finished) == set(PARTS) - {"finetune_seed1"}  # every other part written
     assert not (run / "tables/ledger.csv").exists()  # no table lacking the failed part
-    for name in ("reference", "ablation", "quantize"):
-        monkeypatch.setitem(ledger_parts.PARTS, name, lambda c: pytest.fail("recomputed"))
-
-    def only_seed_1(context, seed):
-        assert seed == 1, "a finished seed was recomputed"
-        return finetune(context, seed)
-
-    monkeypatch.setitem(ledger_parts.SEEDED_PARTS, "finetune", only_seed_1)
+    only_finetune_seed_1_may_run(monkeypatch, finetune)
     table = ledger.run_ledger(run, settings=SETTINGS, study=demo_run[1], progress=False)
     pd.testing.assert_frame_equal(table, serial[1])
     assert {k: v for k, v in part_seconds(run).items() if k in finished} == finished
