@@ -223,8 +223,9 @@ def score_requests(
     least (:func:`length_groups`: fewer than ``batch_size`` rows where lengths jump), and only
     the scored positions go through the unembedding. Leading tokens that all rows of a batch
     share (a benchmark's description line) run once, on one row, under a KV cache the rows
-    continue from (:data:`MIN_SHARED_PREFIX` tokens or more; never while forward hooks are
-    installed, so hooks always see whole rows).
+    continue from (:data:`MIN_SHARED_PREFIX` tokens or more, where the tokens saved outweigh the
+    extra call's :func:`call_cost`; never while forward hooks are installed, so hooks always see
+    whole rows).
 
     Hooks see a cached request in two passes: its context, then its continuations' tokens
     (right-padded rows). Hooks acting on every position alike (steering, ablation) give the
