@@ -442,6 +442,10 @@ def test_a_shared_prefix_runs_once_only_where_it_saves_more_than_a_call_costs(
 ):
     model = models.load_model(seeded_checkpoint("gpt2", tmp_path, tokenizer), device="cpu")
     rows = [[7] * 16 + [i, i + 1, i + 2] for i in range(8)]  # 16 shared tokens, 8 rows
+    assert scoring.prefix_call_cost(model) == 0  # on a CPU any prefix of 4+ tokens runs apart
+    assert scoring._shared_prefix(model, rows, keep=1) == 16
+    monkeypatch.setattr(models, "model_device", lambda model: torch.device("cuda"))
+    assert scoring.prefix_call_cost(model) == scoring.ACCELERATOR_CALL_COST_TOKENS
     for cost, expected in ((32, 16), (111, 16), (112, 0), (2048, 0)):  # 7 rows x 16 saved = 112
         monkeypatch.setattr(scoring, "call_cost", lambda model, cost=cost: cost)
         assert scoring._shared_prefix(model, rows, keep=1) == expected, cost
