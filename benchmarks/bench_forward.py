@@ -50,6 +50,10 @@ from unlearn_interp import backend_speed, data, models, sources
 from unlearn_interp.artifacts import library_versions, write_json
 
 TARGET = 1.15
+# what the random checkpoints' tokenizer is trained on (their inputs are random ids)
+TOKENIZER_TEXT = " ".join(
+    ["the residual stream of a transformer carries every layer's output"] * 20
+)
 CHECKPOINTS = ("smollm2-135m", "gpt2-shaped", "mistral-shaped")
 
 
@@ -80,11 +84,6 @@ def checkpoint_dir(name: str, work: Path) -> Path:
         return sources.asset_dir("smollm2-135m")
     tokenizer = data.train_tokenizer([TOKENIZER_TEXT], vocab_size=512)
     return write_random_checkpoint(name, work / name, tokenizer)
-
-
-TOKENIZER_TEXT = " ".join(
-    ["the residual stream of a transformer carries every layer's output"] * 20
-)
 
 
 def measure(name: str, path: Path, args: argparse.Namespace) -> dict:

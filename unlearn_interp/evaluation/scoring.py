@@ -224,8 +224,8 @@ def score_requests(
     the scored positions go through the unembedding. Leading tokens that all rows of a batch
     share (a benchmark's description line) run once, on one row, under a KV cache the rows
     continue from (:data:`MIN_SHARED_PREFIX` tokens or more, where the tokens saved outweigh the
-    extra call's :func:`call_cost`; never while forward hooks are installed, so hooks always see
-    whole rows).
+    extra call's :func:`prefix_call_cost`; never while forward hooks are installed, so hooks
+    always see whole rows).
 
     Hooks see a cached request in two passes: its context, then its continuations' tokens
     (right-padded rows). Hooks acting on every position alike (steering, ablation) give the
