@@ -25,8 +25,8 @@ every import, so the imports' transient peak is not counted; Linux) minus the re
 then, loading included; on CUDA ``torch.cuda.max_memory_allocated``. Time: wall and process
 CPU seconds of the whole method (loading + training), medians over rounds. ``loaded_mib`` is the
 resident size right after loading (above the imports), so ``peak_mib - loaded_mib`` is what
-training adds: activations, gradients and AdamW state of the trained tensors, two saved copies
-of their base values (``trained_state_mib`` counts those five copies from the shape). The parent
+training adds: activations, gradients and AdamW state of the trained tensors, one saved copy
+of their base values (``trained_state_mib`` counts those four copies from the shape). The parent
 checks that every training ends on weights bitwise identical to ``train_whole``'s (max |diff| 0),
 prints a table and writes ``benchmarks/results/first_blocks_<shape>_<device>_<dtype>.json``.
 Goal (issue 16): training on the first blocks <= 0.35x the peak of loading the whole model.
@@ -57,7 +57,7 @@ METHODS = (
     "load_whole", "load_first_blocks", "train_first_blocks", "train_whole",
     "train_first_blocks_recompute", "train_whole_recompute",
 )  # fmt: skip
-TRAINED_COPIES = 5  # gradient, AdamW exp_avg and exp_avg_sq, SplitForward.base, trainable's entry
+TRAINED_COPIES = 4  # gradient, AdamW exp_avg and exp_avg_sq, SplitForward.base (trainable's entry)
 
 
 def rmu_config(steps: int) -> rmu.RMUConfig:
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def trained_state_mib(args: argparse.Namespace) -> float:
-    """The trained W_out tensors' gradient, AdamW state and two base copies, from the shape."""
+    """The trained W_out tensors' gradient, AdamW state and base copy, from the shape."""
     shape, cfg = SHAPES[args.shape], rmu_config(args.steps)
     numel = len(cfg.update_layers) * shape["d_mlp"] * shape["d_model"]
     return TRAINED_COPIES * numel * getattr(torch, args.dtype).itemsize / 2**20

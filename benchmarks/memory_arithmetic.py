@@ -104,11 +104,19 @@ def adamw_state_bytes(n_params: int, dtype_bytes: int) -> int:
     return 2 * n_params * dtype_bytes
 
 
+def snapshot_bytes(n_params: int, dtype_bytes: int) -> int:
+    """The one copy a run keeps of what it trains: RMU's ``SplitForward.base``, fine-tuning's
+    ``variants.restored_weights`` (``training.trainable`` restores from it after an error)."""
+    return n_params * dtype_bytes
+
+
 def training_extra_bytes(n_params: int, dtype_bytes: int) -> int:
-    """What training ``n_params`` parameters adds to the model: gradients, AdamW's two moments,
-    and two snapshots (``training.trainable``'s restore-on-error copy and the run's own base copy:
-    RMU's ``SplitForward.base``, fine-tuning's ``variants.restored_weights``)."""
-    return adamw_state_bytes(n_params, dtype_bytes) + 3 * n_params * dtype_bytes
+    """What training ``n_params`` parameters adds to the model: gradients, AdamW's two moments
+    and the snapshot."""
+    gradients = n_params * dtype_bytes
+    return (
+        gradients + adamw_state_bytes(n_params, dtype_bytes) + snapshot_bytes(n_params, dtype_bytes)
+    )
 
 
 # --- activations --------------------------------------------------------------------------------

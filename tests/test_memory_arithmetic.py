@@ -15,12 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from unlearn_interp import activations, data, models, training
-from unlearn_interp.attacks.finetune import next_token_loss, trained_names
+from unlearn_interp import activations, data, models, rmu, training
+from unlearn_interp.attacks.finetune import (
+    FinetuneConfig,
+    finetune_curve,
+    next_token_loss,
+    trained_names,
+)
 from unlearn_interp.rmu.forward import SplitForward
 from unlearn_interp.rmu.loss import forget_term
-from unlearn_interp.variants import snapshot_weights
+from unlearn_interp.variants import restored_weights, snapshot_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
@@ -156,6 +162,52 @@ def test_adamw_state_equals_the_optimizers(tiny):
     n = ma.update_matrices(TINY)
     assert moments == ma.adamw_state_bytes(n, e) == 2 * 3 * 224 * 64 * e
     assert grads == n * e
+
+
+def parameter_copy_bytes(model, compute) -> int:
+    """Bytes of the copies ``compute()`` makes of the model's parameters (``clone`` calls on
+    a tensor sharing a parameter's storage)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    copies = []
+
+    class CountCopies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            of_a_parameter = args[0].untyped_storage().data_ptr() in params
+            if func is torch.ops.aten.clone.default and of_a_parameter:
+                copies.append(out.nbytes)
+            return out
+
+    with CountCopies():
+        compute()
+    return sum(copies)
+
+
+def test_rmu_keeps_the_one_snapshot_the_arithmetic_counts(tiny):
+    model, e = tiny
+    texts = [f"word{i} and word{i + 1} then word{i * 7 % 13}" for i in range(8)]
+    cfg = rmu.RMUConfig(layer=2, update_layers=(1, 2), steps=2, batch_size=2, max_len=16)
+    names = [models.mlp_out_param(layer) for layer in cfg.update_layers]
+    n = len(names) * TINY.d_mlp * TINY.d_model
+    with restored_weights(model, names):
+        copies = parameter_copy_bytes(
+            model, lambda: rmu.train_rmu(model, [texts], [texts[::-1]], cfg, progress=False)
+        )
+    assert copies == ma.snapshot_bytes(n, e) + n * e  # and the result's unlearned_weights
+
+
+@pytest.mark.parametrize("params", ["all", "mlp_out"])
+def test_finetune_keeps_the_one_snapshot_the_arithmetic_counts(tiny, params):
+    model, e = tiny
+    texts = [f"word{i} and word{i + 1}" for i in range(4)]
+    cfg = FinetuneConfig(steps=1, batch_size=2, max_len=16, params=params)
+    n = sum(
+        p.numel() for name, p in model.named_parameters() if name in trained_names(model, params)
+    )
+    copies = parameter_copy_bytes(
+        model, lambda: finetune_curve(model, None, texts, cfg, lambda m: {})
+    )
+    assert copies == ma.snapshot_bytes(n, e)
 
 
 def test_kv_cache_equals_the_toolkits(tiny):

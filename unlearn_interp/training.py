@@ -35,15 +35,21 @@ def trainable(
     lr: float,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    entry: Mapping[str, Tensor] | None = None,
 ) -> Iterator[torch.optim.Optimizer]:
     """Inside: only the parameters ``names`` require grad, and an AdamW over them is yielded.
     On exit every ``requires_grad`` flag is as it was and the gradients are freed; after an
-    error the named parameters are also back at their values at entry."""
+    error the named parameters are also back at their values at entry. ``entry``: a copy of
+    those values the caller already keeps (RMU's base weights, a ``restored_weights``
+    snapshot), restored from instead of a copy of its own: one copy of the trained tensors
+    less (for an all-parameter fine-tuning, one copy of the model)."""
     for name in names:
         get_param(model, name)  # one sentence for a name the model lacks
+    if entry is not None and set(entry) != set(names):
+        raise ValueError(f"entry holds {sorted(entry)}, not the trained tensors {sorted(names)}")
     params = dict(model.named_parameters())
     flags = {name: p.requires_grad for name, p in params.items()}
-    entry = snapshot_weights(model, names)
+    entry = snapshot_weights(model, names) if entry is None else entry
     for name, p in params.items():
         p.requires_grad_(name in names)
     trained = [params[name] for name in names]

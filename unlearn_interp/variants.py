@@ -49,16 +49,17 @@ def restore_weights(model: Any, weights: Mapping[str, Tensor]) -> None:
 
 
 @contextlib.contextmanager
-def restored_weights(model: Any, names: Sequence[str]) -> Iterator[None]:
+def restored_weights(model: Any, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
     """Put the parameters ``names`` back exactly as they were on exit (also after an error):
     what lets a sweep or an attack train in place at one point and start from the base at the next.
+    Yields the saved copies (name -> tensor; read them, never write them).
 
     >>> with restored_weights(model, [models.mlp_out_param(l) for l in (5, 6, 7)]):  # doctest: +SKIP
     ...     train_rmu(model, forget, retain, cfg)
     """
     saved = snapshot_weights(model, names)
     try:
-        yield
+        yield saved
     finally:
         restore_weights(model, saved)
 

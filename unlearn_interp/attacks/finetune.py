@@ -146,9 +146,10 @@ def finetune_curve(
     texts = check_texts(texts)
     names = trained_names(model, cfg.params)
     rows = []
-    with restored_weights(model, names), applied(variant, model):
+    # The snapshot is taken with the variant applied, so it is also trainable's entry copy.
+    with applied(variant, model), restored_weights(model, names) as entry:
         rows.append(_evaluated(model, 0, evaluate))
-        with training.trainable(model, names, lr=cfg.lr) as optimizer:
+        with training.trainable(model, names, lr=cfg.lr, entry=entry) as optimizer:
             batches = text_batches(texts, cfg.batch_size, cfg.seed)
             for step in range(1, cfg.steps + 1):
                 _train_step(model, optimizer, next(batches), cfg.max_len, step)
