@@ -173,8 +173,8 @@ def parameter_copy_bytes(model, compute) -> int:
     class CountCopies(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            of_a_parameter = args[0].untyped_storage().data_ptr() in params
-            if func is torch.ops.aten.clone.default and of_a_parameter:
+            clone = func is torch.ops.aten.clone.default
+            if clone and args[0].untyped_storage().data_ptr() in params:
                 copies.append(out.nbytes)
             return out
 
