@@ -48,7 +48,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_rmu import SHAPES, build_checkpoint, make_corpora, shared_parser  # noqa: E402
+from bench_rmu import SHAPES, build_checkpoint, make_corpora, progress, shared_parser  # noqa: E402
 
 from unlearn_interp import data, models, rmu  # noqa: E402
 from unlearn_interp.artifacts import library_versions, write_json  # noqa: E402
@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> None:
         write_inputs(args, work)
         for _ in range(args.rounds):
             for method in METHODS:  # interleaved: each round runs every method once
+                progress(f"round {len(rounds[method]) + 1}: {method} (its own process)")
                 command = [sys.executable, __file__, "--worker", method, "--work", tmp]
                 command += ["--shape", args.shape, "--device", args.device, "--dtype", args.dtype]
                 command += ["--threads", str(args.threads), "--steps", str(args.steps)]

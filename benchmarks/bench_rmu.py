@@ -189,6 +189,11 @@ def encode(corpus: list[str], index: int, cfg: rmu.RMUConfig, device: str) -> da
 TOKENIZER: list = []  # the worker's tokenizer, loaded from the checkpoint
 
 
+def progress(what: str) -> None:
+    """One line on stderr as each method starts, so a run cut short shows how far it got."""
+    print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
+
 def clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
@@ -330,6 +335,7 @@ def run(args: argparse.Namespace) -> None:
         work = Path(tmp)
         write_inputs(args, cfg, work)
         for method in METHODS:
+            progress(f"{method} (its own process)")
             command = [sys.executable, __file__, "--worker", method, "--work", tmp]
             command += ["--shape", args.shape, "--device", args.device, "--dtype", args.dtype]
             command += ["--threads", str(args.threads)]
