@@ -1,12 +1,13 @@
 """What each ``unlearn-interp`` command does, as plain functions of plain arguments.
 
-The command line parses options and calls one job here; the job loads what it needs, calls the
-library and writes the outputs, then returns the text the command prints. The constants below are
-the choices the command line offers, taken from the library so they are stated once.
+The command line parses options and calls one job here (``direction`` and ``evaluate``, which
+read a finished run, are :mod:`unlearn_interp.pipeline.readout_jobs`'); the job loads what it
+needs, calls the library and writes the outputs, then returns the text the command prints. The
+constants below are the choices the command line offers, taken from the library so they are
+stated once.
 
     >>> text = unlearn_job("runs/rmu", model="gpt2", forget=["bio.jsonl"], retain=["wiki.txt"],
     ...                    rmu_settings={"layer": 7, "steps": 150})      # doctest: +SKIP
-    >>> text = evaluate_job("gpt2", ["bio.jsonl"], run="runs/rmu", ablate="runs/rmu")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 import torch
 
 from unlearn_interp import (
-    activations,
     artifacts,
     data,
     directions,
@@ -31,7 +31,6 @@ from unlearn_interp import (
 )
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.executors import make_executor
-from unlearn_interp.interventions import ablation_hooks
 from unlearn_interp.pipeline.demo import run_demo, run_experiment
 from unlearn_interp.pipeline.gallery import make_figures
 from unlearn_interp.pipeline.ledger import ledger_lines, ledger_summary, run_ledger
@@ -39,7 +38,6 @@ from unlearn_interp.pipeline.report import summary_text
 from unlearn_interp.pipeline.study import run_model_demo
 from unlearn_interp.pipeline.study_config import SMOLLM2
 from unlearn_interp.rmu import RMUConfig
-from unlearn_interp.variants import Variant
 
 # The choices the command line offers.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -65,8 +63,6 @@ __all__ = [
     "RMUConfig",
     "RMU_CHOICES",
     "demo_job",
-    "direction_job",
-    "evaluate_job",
     "fetch_job",
     "figures_job",
     "info_job",
@@ -366,135 +362,3 @@ def _check_checkpoint_settings(settings: Mapping[str, Any]) -> None:
         raise UnlearnInterpError(
             f"RMU option {unused[0]!r} trains RMU here; it has no effect with --unlearned"
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# direction, evaluate
-# ---------------------------------------------------------------------------------------------
-
-
-def direction_job(
-    out: str,
-    *,
-    model: str,
-    prompts: str,
-    run: str | None = None,
-    unlearned: str | None = None,
-    layer: int | None = None,
-    all_layers: bool = False,
-    positions: str | int = "last",
-    method: str = "diff_in_means",
-    retain_prompts: str | None = None,
-    outlier_z: float | None = None,
-    min_raw_norm: float = 0.0,
-    min_cos_control: float | None = None,
-    prefer: str = "raw_norm",
-    batch_size: int = 16,
-    max_len: int | None = None,
-    device: str | None = None,
-    dtype: str = "float32",
-) -> str:
-    """The junk direction of run ``run`` (or checkpoint ``unlearned``) against base ``model``,
-    written into ``out`` with its per-layer candidates; returns a one-line summary."""
-    check_out_dir(out)
-    activations.check_positions(positions)
-    prompt_list = data.load_prompts(prompts)
-    if not prompt_list:
-        raise UnlearnInterpError(f"{prompts} holds no prompts")
-    retain = data.load_prompts(retain_prompts) if retain_prompts else None
-    loaded = load_model(model, device, dtype)
-    unlearned_variant, controls = _unlearned_variant(loaded, run, unlearned)
-    direction, candidates = directions.extract_direction(
-        loaded, Variant("base"), unlearned_variant, prompt_list, layer=layer,
-        all_layers=all_layers, positions=positions, method=method, retain_prompts=retain,
-        outlier_z=outlier_z, control_vectors=controls, min_raw_norm=min_raw_norm,
-        min_cos_control=min_cos_control, prefer=prefer, batch_size=batch_size, max_len=max_len,
-    )  # fmt: skip
-    paths = directions.save_extraction(out, direction, candidates)
-    return (
-        f"direction at layer {direction.layer} ({direction.method}, raw norm "
-        f"{direction.raw_norm:.4g}, {direction.n_prompts} prompts) -> {paths['direction']}\n"
-    )
-
-
-def _unlearned_variant(
-    model: models.Model, run: str | None, checkpoint: str | None
-) -> tuple[Variant, torch.Tensor | None]:
-    """The unlearned variant of run directory ``run`` (with its control vectors), else the
-    tensors in which ``checkpoint`` differs from ``model``."""
-    if run:
-        return directions.unlearned_from_run(model, run)
-    return models.variant_from_checkpoint(model, checkpoint), None
-
-
-def evaluate_job(
-    model: str,
-    mcq: Sequence[str],
-    *,
-    run: str | None = None,
-    ablate: str | None = None,
-    mode: str = "letter",
-    subject: str | None = None,
-    add_bos: str = "auto",
-    batch_size: int = 16,
-    device: str | None = None,
-    dtype: str = "float32",
-    out: str | None = None,
-    progress: bool = True,
-) -> str:
-    """MCQ accuracy of the base ``model``, run ``run``'s unlearned weights and, with ``ablate``,
-    the direction projected out of the last of them; returns the table as text (and writes it
-    as CSV to ``out``)."""
-    tasks = _mcq_tasks(mcq, subject)
-    loaded = load_model(model, device, dtype)
-    variants = [Variant("base")]
-    if run:
-        variants.append(directions.unlearned_from_run(loaded, run)[0])
-    if ablate:
-        vector = _checked_vector(loaded, model, ablate)
-        source = variants[-1]
-        variants.append(source.with_hooks(ablation_hooks(vector), name=f"{source.name}_ablated"))
-    table = evaluation.evaluate_variants(
-        loaded, variants, tasks, mode=mode, batch_size=batch_size, progress=progress,
-        add_bos=ADD_BOS[add_bos],
-    )  # fmt: skip
-    text = evaluation.format_accuracy_table(table) + "\n"
-    if out:
-        with artifacts.atomic_path(out) as tmp:
-            table.to_csv(tmp, index=False)
-        text += f"wrote {out}\n"
-    return text
-
-
-def _mcq_tasks(paths: Sequence[str], subject: str | None) -> dict[str, list[data.MCQItem]]:
-    """One task per file, named by the file name up to its first dot (made unique)."""
-    tasks: dict[str, list[data.MCQItem]] = {}
-    for path in paths:
-        name = Path(path).name.split(".")[0]
-        tasks[name if name not in tasks else f"{name}_{len(tasks)}"] = data.load_mcq(
-            path, subject=subject
-        )
-    return tasks
-
-
-def _checked_vector(model: models.Model, model_name: str, path: str) -> torch.Tensor:
-    """The direction vector in ``path``, checked to fit ``model``'s width."""
-    vector = direction_vector(path)
-    if vector.shape[-1] != models.d_model(model):
-        raise UnlearnInterpError(
-            f"{path}: the direction has d_model {vector.shape[-1]} but {model_name} "
-            f"has {models.d_model(model)}"
-        )
-    return vector
-
-
-def direction_vector(path: str | os.PathLike) -> torch.Tensor:
-    """The ``vector`` of a direction file: a ``Direction`` (with its JSON twin, or a run
-    directory) through ``Direction.load``, else any safetensors file with a ``vector`` tensor."""
-    path_ = Path(path)
-    if path_.is_dir() or path_.with_suffix(".json").is_file():
-        return directions.Direction.load(path_).vector
-    tensors = models.load_weights(path_)
-    if "vector" not in tensors:
-        raise UnlearnInterpError(f"{path} has no tensor named 'vector'")
-    return tensors["vector"]
