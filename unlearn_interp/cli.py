@@ -1,9 +1,9 @@
 """The ``unlearn-interp`` command line: options in, one pipeline job called, its text printed.
 
 Each subcommand is one ``_add_<name>`` function declaring its options and the job of
-:mod:`unlearn_interp.pipeline.jobs` (``direction`` and ``evaluate``: of
-:mod:`~unlearn_interp.pipeline.readout_jobs`) it calls; the option names are the job's parameter names, so
-a handler has nothing to do but pass them on. Options shared by several commands are declared
+:mod:`unlearn_interp.pipeline.jobs` it calls (``direction`` and ``evaluate``: of
+:mod:`~unlearn_interp.pipeline.readout_jobs`); the option names are the job's parameter names,
+so a handler has nothing to do but pass them on. Options shared by several commands are declared
 once, in :mod:`unlearn_interp.cli_options` (``add_model_options``, ``add_corpus_options``,
 ``add_rmu_options``, ``add_executor_options``), and the RMU options
 are generated from :class:`~unlearn_interp.rmu.RMUConfig`'s fields, so a new field is a new flag.
