@@ -321,7 +321,12 @@ def _run_steps(model: Model, trainer: RMUTrainer, progress: bool) -> list[StepRe
     cfg, records = trainer.cfg, []
     with (
         training.trainable(
-            model, trainer.names, cfg.lr, cfg.adam_eps, 0.0, entry=trainer.forward.base
+            model,
+            trainer.names,
+            lr=cfg.lr,
+            eps=cfg.adam_eps,
+            weight_decay=0.0,
+            entry=trainer.forward.base,
         ) as optimizer,
         tqdm(total=cfg.steps, desc="RMU", disable=None if progress else True) as bar,
     ):
