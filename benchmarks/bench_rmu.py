@@ -96,7 +96,12 @@ def build_checkpoint(shape: str, tokenizer, path: Path, dtype: torch.dtype):
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
-    model = MistralForCausalLM(config).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # made in ``dtype``: no float32 copy of a 7B model on the host
+    try:
+        model = MistralForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return model

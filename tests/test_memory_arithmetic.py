@@ -18,6 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from unlearn_interp import activations, data, models, rmu, training
+from unlearn_interp.analysis.adaptive import _Retraining
 from unlearn_interp.attacks.finetune import (
     FinetuneConfig,
     finetune_curve,
@@ -194,6 +195,22 @@ def test_rmu_keeps_the_one_snapshot_the_arithmetic_counts(tiny):
             model, lambda: rmu.train_rmu(model, [texts], [texts[::-1]], cfg, progress=False)
         )
     assert copies == ma.snapshot_bytes(n, e) + n * e  # and the result's unlearned_weights
+
+
+def test_rmu_in_a_sweep_point_shares_the_points_snapshot(tiny):
+    """A sweep point (``restored_weights`` around RMU) holds one copy of the trained tensors,
+    not two: RMU takes the point's snapshot as its frozen copy and copies only its result."""
+    model, e = tiny
+    texts = [f"word{i} and word{i + 1} then word{i * 7 % 13}" for i in range(8)]
+    cfg = rmu.RMUConfig(layer=2, update_layers=(1, 2), steps=2, batch_size=2, max_len=16)
+    names = [models.mlp_out_param(layer) for layer in cfg.update_layers]
+    n = len(names) * TINY.d_mlp * TINY.d_model
+
+    def sweep_point():  # what every RMU sweep point runs (coefficient, layer, noise sweeps)
+        with _Retraining(model, [texts], [texts[::-1]], cfg).trained(cfg):
+            pass
+
+    assert parameter_copy_bytes(model, sweep_point) == ma.snapshot_bytes(n, e) + n * e
 
 
 @pytest.mark.parametrize("params", ["all", "mlp_out"])

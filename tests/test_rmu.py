@@ -15,6 +15,7 @@ from unlearn_interp import data, models, rmu
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.interventions import Variant
 from unlearn_interp.rmu import train as rmu_train
+from unlearn_interp.variants import restored_weights
 
 HAZARD = [
     "virus",
@@ -439,6 +440,28 @@ def test_same_seed_and_data_give_bit_identical_weights(word_tokenizer):
         assert not torch.equal(tensor, runs[0].base_weights[name])
     assert torch.equal(runs[0].control_vectors, runs[1].control_vectors)
     pd.testing.assert_frame_equal(runs[0].history, runs[1].history)
+
+
+def test_base_weights_from_the_caller_train_bitwise_the_same_and_are_checked(word_tokenizer):
+    """A ``restored_weights`` snapshot as RMU's frozen copy: the same weights and history as
+    RMU's own copy; a copy of other tensors or of other values is refused before training."""
+    cfg = rmu.RMUConfig(layer=1, steering_coef=20.0, alpha=10.0, lr=1e-2, steps=4, batch_size=2)
+    names = [models.mlp_out_param(layer) for layer in cfg.update_layers]
+    own = rmu.train_rmu(_model(word_tokenizer), [FORGET_A], [RETAIN], cfg, progress=False)
+    model = _model(word_tokenizer)
+    with restored_weights(model, names) as saved:
+        shared = rmu.train_rmu(model, [FORGET_A], [RETAIN], cfg, progress=False,
+                               base_weights=saved)  # fmt: skip
+        assert all(shared.base_weights[n] is saved[n] for n in names)  # no copy of its own
+    for name in names:
+        assert torch.equal(shared.unlearned_weights[name], own.unlearned_weights[name])
+    pd.testing.assert_frame_equal(shared.history, own.history)
+    before = _params(model)
+    wrong_values = {n: t + 1.0 for n, t in saved.items()}
+    for wrong in ({"blocks.0.mlp.W_out": saved[names[0]]}, wrong_values):
+        with pytest.raises(ValueError, match="base_weights must hold the current values"):
+            rmu.train_rmu(model, [FORGET_A], [RETAIN], cfg, progress=False, base_weights=wrong)
+    assert all(torch.equal(t, _params(model)[n]) for n, t in before.items())
 
 
 def test_frozen_forget_every_k_trains_bitwise_the_same_weights_and_history(word_tokenizer):

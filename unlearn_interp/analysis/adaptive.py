@@ -177,8 +177,10 @@ class _Retraining:
     def trained(self, cfg: rmu.RMUConfig) -> Iterator[rmu.RMUResult]:
         """``model`` trained with RMU inside (yields the result), the base outside."""
         names = [models.mlp_out_param(layer) for layer in cfg.update_layers]
-        with restored_weights(self.model, names):
-            yield rmu.train_rmu(self.model, self.forget, self.retain, cfg, progress=False)
+        with restored_weights(self.model, names) as base:  # RMU's frozen copy too (one copy)
+            yield rmu.train_rmu(
+                self.model, self.forget, self.retain, cfg, progress=False, base_weights=base
+            )
 
     def settings(self, mcq: MCQSets, setup: MCQSetup) -> dict[str, Any]:
         """What a sweep's cached rows depend on (besides the points), to refuse stale tables."""

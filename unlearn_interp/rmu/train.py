@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -46,7 +46,7 @@ from unlearn_interp.rmu.loss import (
     topic_batch,
 )
 from unlearn_interp.rmu.result import RMUResult
-from unlearn_interp.variants import snapshot_weights
+from unlearn_interp.variants import get_param, snapshot_weights
 
 log = logging.getLogger(__package__)  # "unlearn_interp.rmu", the name its messages always had
 
@@ -207,13 +207,14 @@ def build_trainer(
     cfg: RMUConfig,
     vectors: Float[Tensor, "n_topics d_model"],
     recompute_blocks: bool = False,
+    base_weights: Mapping[str, Tensor] | None = None,
 ) -> RMUTrainer:
     """The trainer's state for ``model`` (checked), with its base weights saved and targets set;
-    ``recompute_blocks``: see :func:`train_rmu`."""
+    ``recompute_blocks``, ``base_weights``: see :func:`train_rmu`."""
     _check_model(model, cfg)
     n_topics = len(forget)
     names = [models.mlp_out_param(layer) for layer in cfg.update_layers]
-    base = snapshot_weights(model, names)
+    base = _base_copy(model, names, base_weights)
     forward = SplitForward(model, min(cfg.update_layers), cfg.layer, base, recompute_blocks)
     forget_len = [min(n, models.n_ctx(model)) for n in cfg.per_topic("max_len", n_topics)]
     coefficients = _coefficients(forward, forget, cfg, forget_len)
@@ -235,6 +236,26 @@ def build_trainer(
         coefficients=coefficients,
         targets=[(c * vectors[t]).to(device=device) for t, c in enumerate(coefficients)],
     )
+
+
+def _base_copy(
+    model: Model, names: Sequence[str], saved: Mapping[str, Tensor] | None
+) -> dict[str, Tensor]:
+    """The values of ``names`` now: the caller's ``saved`` copy, checked equal to them, or a
+    new copy."""
+    if saved is None:
+        return snapshot_weights(model, names)
+    now = {name: get_param(model, name) for name in names}
+    if set(saved) != set(names) or not all(_same(saved[n], now[n]) for n in names):
+        raise ValueError(
+            f"base_weights must hold the current values of exactly {list(names)}; "
+            f"it holds {sorted(saved)} (or other values)"
+        )
+    return dict(saved)
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    return a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
 
 
 def _check_model(model: Model, cfg: RMUConfig) -> None:
@@ -281,6 +302,7 @@ def train_rmu(
     control_vectors: Float[Tensor, "n_topics d_model"] | None = None,
     progress: bool = True,
     recompute_blocks: bool = False,
+    base_weights: Mapping[str, Tensor] | None = None,
 ) -> RMUResult:
     """Unlearn ``forget`` (one corpus per topic) while keeping ``retain`` (one per topic).
 
@@ -292,6 +314,9 @@ def train_rmu(
     the backward pass): bitwise the same weights and history, less memory, one more forward pass
     of those blocks per term; refused while forward hooks are installed (they would fire twice).
     A memory/time setting, not part of ``cfg`` (runs and their resume checks do not record it).
+    ``base_weights``: a copy of the trained tensors' current values the caller already keeps
+    (``variants.restored_weights``' snapshot), used as the frozen model's instead of a copy of
+    its own (one copy of those tensors less); checked equal to the model's.
 
     >>> cfg = RMUConfig(layer=7, steps=150)                                      # doctest: +SKIP
     >>> result = train_rmu(model, forget=[bio, cyber], retain=[wiki, wiki], cfg=cfg)  # doctest: +SKIP
@@ -299,7 +324,7 @@ def train_rmu(
     """
     n_topics = _check_corpora(forget, retain)
     vectors = _control_vectors(model, cfg, n_topics, control_vectors)
-    trainer = build_trainer(model, forget, retain, cfg, vectors, recompute_blocks)
+    trainer = build_trainer(model, forget, retain, cfg, vectors, recompute_blocks, base_weights)
     records = _run_steps(model, trainer, progress)
     return RMUResult(
         base_weights=dict(trainer.forward.base),
