@@ -245,12 +245,10 @@ def _base_copy(
     new copy."""
     if saved is None:
         return snapshot_weights(model, names)
-    now = {name: get_param(model, name) for name in names}
-    if set(saved) != set(names) or not all(_same(saved[n], now[n]) for n in names):
-        raise ValueError(
-            f"base_weights must hold the current values of exactly {list(names)}; "
-            f"it holds {sorted(saved)} (or other values)"
-        )
+    if set(saved) != set(names):
+        raise ValueError(f"base_weights holds {sorted(saved)}, not the trained {list(names)}")
+    if not all(_same(saved[name], get_param(model, name)) for name in names):
+        raise ValueError("base_weights differs from the model's current trained tensors")
     return dict(saved)
 
 
