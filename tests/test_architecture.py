@@ -36,6 +36,7 @@ RANKS = {
     "backend_decode": 4,  # TransformerLens cached-attention patch, installed by models
     "loader": 4.5,  # models.load_model (whole or first blocks), re-exported by models
     "models": 5,
+    "kv_cache": 5.5,  # decoding caches, re-exported by activations
     "activations": 6,
     "interventions": 7,
     "training": 7,
@@ -60,6 +61,7 @@ SEAM = {"models", "hf_convert", "backend_speed", "activations", "interventions",
 SEAM |= {"backend_decode"}  # cached decoding (rotated keys, grouped attention)
 SEAM |= {"loader"}  # load_model, moved out of models
 SEAM |= {"backend_pin"}  # reads the installed TransformerLens version
+SEAM |= {"kv_cache"}  # TransformerLens' key-value cache classes, moved out of activations
 TL_NAMES = [
     r"\btransformer_lens\b",
     r"\bHookedTransformer\w*",
