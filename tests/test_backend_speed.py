@@ -67,7 +67,11 @@ def parameter_copies(model, tokens) -> int:
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.float() - b.float()).abs().max().item()
+    """Largest |a - b|; equal infinities (masked attention scores) differ by 0, and a NaN in
+    either is ``inf``, so it fails every bound (a NaN would slip through Python's ``max``)."""
+    a, b = a.float(), b.float()
+    diff = torch.where(a == b, 0.0, (a - b).abs())
+    return torch.nan_to_num(diff, nan=float("inf")).max().item()
 
 
 def test_the_installed_transformer_lens_is_a_tested_version():
