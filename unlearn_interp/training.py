@@ -45,8 +45,8 @@ def trainable(
     less (for an all-parameter fine-tuning, one copy of the model)."""
     for name in names:
         get_param(model, name)  # one sentence for a name the model lacks
-    if entry is not None and set(entry) != set(names):
-        raise ValueError(f"entry holds {sorted(entry)}, not the trained tensors {sorted(names)}")
+    if entry is not None:
+        check_holds_exactly(entry, names, "entry")
     params = dict(model.named_parameters())
     flags = {name: p.requires_grad for name, p in params.items()}
     entry = snapshot_weights(model, names) if entry is None else entry
@@ -64,6 +64,12 @@ def trainable(
             p.grad = None
         for name, p in params.items():
             p.requires_grad_(flags[name])
+
+
+def check_holds_exactly(copy: Mapping[str, Tensor], names: Sequence[str], what: str) -> None:
+    """One sentence unless the caller's ``copy`` (called ``what``) holds exactly ``names``."""
+    if set(copy) != set(names):
+        raise ValueError(f"{what} holds {sorted(copy)}, not the trained tensors {sorted(names)}")
 
 
 def frozen_blocks(
@@ -89,4 +95,4 @@ def check_finite(loss: Tensor, where: str, advice: str = "lower the learning rat
         raise UnlearnInterpError(f"{where} is {loss.item()}; {advice}")
 
 
-__all__ = ["check_finite", "frozen_blocks", "trainable"]
+__all__ = ["check_finite", "check_holds_exactly", "frozen_blocks", "trainable"]

@@ -245,8 +245,7 @@ def _base_copy(
     new copy."""
     if saved is None:
         return snapshot_weights(model, names)
-    if set(saved) != set(names):
-        raise ValueError(f"base_weights holds {sorted(saved)}, not the trained {list(names)}")
+    training.check_holds_exactly(saved, names, "base_weights")
     if not all(_same(saved[name], get_param(model, name)) for name in names):
         raise ValueError("base_weights differs from the model's current trained tensors")
     return dict(saved)
