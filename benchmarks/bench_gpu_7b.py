@@ -67,31 +67,6 @@ PROMPTS = ["The history of", "In the laboratory we", "A protein folds when", "Ri
 SUBJECT = "biology"
 
 
-def build_checkpoint(shape: str, tokenizer, path: Path, device: str, dtype: torch.dtype) -> None:
-    """Mistral-architecture checkpoint of ``shape``, seeded random weights made on ``device`` in
-    ``dtype`` (no float32 copy of a 7B model on the host), saved with ``tokenizer``."""
-    from transformers import MistralConfig, MistralForCausalLM
-
-    s = SHAPES[shape]
-    config = MistralConfig(
-        hidden_size=s["d_model"], intermediate_size=s["d_mlp"], num_hidden_layers=s["n_layers"],
-        num_attention_heads=s["n_heads"], num_key_value_heads=s["n_kv"],
-        vocab_size=max(s["d_vocab"], len(tokenizer)), max_position_embeddings=2048,
-        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = MistralForCausalLM(config)
-    finally:
-        torch.set_default_dtype(default)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-
-
 def make_questions(n: int) -> list[data.MCQItem]:
     """WMDP-like questions of 10-60 random words with 1-8-word choices."""
     rng = random.Random(0)
@@ -326,7 +301,9 @@ def write_inputs(args, work: Path) -> None:
     tokenizer = data.train_tokenizer(forget[0] + forget[1] + retain + answers, vocab_size=2000)
     (work / "corpora.json").write_text(json.dumps({"forget": forget, "retain": retain}))
     dtype = getattr(torch, args.dtype)
-    build_checkpoint(args.shape, tokenizer, work / "checkpoint", args.device, dtype)
+    bench_rmu.build_checkpoint(
+        SHAPES[args.shape], tokenizer, work / "checkpoint", dtype, args.device, max_positions=2048
+    )
 
 
 def measure(args, work: Path) -> dict:

@@ -77,29 +77,39 @@ SHAPES = {
 METHODS = ("reference", "train_rmu", "train_rmu_every_step")
 
 
-def build_checkpoint(shape: str, tokenizer, path: Path, dtype: torch.dtype):
-    """A Mistral-architecture checkpoint of ``shape`` (Zephyr-7B's architecture: gated SiLU MLP,
-    RMSNorm, rotary, grouped-query attention), seeded random weights, saved with ``tokenizer``."""
+def build_checkpoint(
+    shape: str | dict,
+    tokenizer,
+    path: Path,
+    dtype: torch.dtype,
+    device: str = "cpu",
+    max_positions: int = 512,
+):
+    """A Mistral-architecture checkpoint of ``shape`` (a name in :data:`SHAPES`, or such a dict,
+    with ``n_layers`` when not 32; Zephyr-7B's architecture: gated SiLU MLP, RMSNorm, rotary,
+    grouped-query attention), seeded random weights made on ``device`` in ``dtype`` (no float32
+    copy of a 7B model on the host), saved with ``tokenizer``."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    s = SHAPES[shape]
+    s = SHAPES[shape] if isinstance(shape, str) else shape
     config = MistralConfig(
         hidden_size=s["d_model"],
         intermediate_size=s["d_mlp"],
-        num_hidden_layers=32,
+        num_hidden_layers=s.get("n_layers", 32),
         num_attention_heads=s["n_heads"],
         num_key_value_heads=s["n_kv"],
         vocab_size=max(s["d_vocab"], len(tokenizer)),
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
     default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # made in ``dtype``: no float32 copy of a 7B model on the host
+    torch.set_default_dtype(dtype)
     try:
-        model = MistralForCausalLM(config)
+        with torch.device(device):
+            model = MistralForCausalLM(config)
     finally:
         torch.set_default_dtype(default)
     model.save_pretrained(path)
