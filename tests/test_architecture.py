@@ -30,10 +30,9 @@ RANKS = {
     "variants": 3,
     "real_data": 3,
     "plotting": 3,
-    "backend_pin": 3.5,  # the TransformerLens versions both backend patches were tested on
     "hf_convert": 4,
-    "backend_speed": 4,  # TransformerLens forward patch, installed by models
-    "backend_decode": 4,  # TransformerLens cached-attention patch, installed by models
+    "backend_decode": 4,  # the buffered cache entry and the rotated-key decode attention
+    "backend_components": 4.2,  # the toolkit's TransformerLens components, put on built models
     "loader": 4.5,  # models.load_model (whole or first blocks), re-exported by models
     "models": 5,
     "kv_cache": 5.5,  # decoding caches, re-exported by activations
@@ -57,10 +56,9 @@ RANKS = {
 PLOTTING_MAY_IMPORT = {"errors", "artifacts", "data", "stats", "plotting"}
 
 # Where TransformerLens may be named: the backend seam.
-SEAM = {"models", "hf_convert", "backend_speed", "activations", "interventions", "variants"}
+SEAM = {"models", "hf_convert", "backend_components", "activations", "interventions", "variants"}
 SEAM |= {"backend_decode"}  # cached decoding (rotated keys, grouped attention)
 SEAM |= {"loader"}  # load_model, moved out of models
-SEAM |= {"backend_pin"}  # reads the installed TransformerLens version
 SEAM |= {"kv_cache"}  # TransformerLens' key-value cache classes, moved out of activations
 TL_NAMES = [
     r"\btransformer_lens\b",

@@ -1,24 +1,28 @@
-"""backend_decode: cached decoding with rotated keys kept, grouped attention and per-step tables
-gives what TransformerLens' own forward gives: the same tokens, per-step logits within 1e-5,
-every attention hook's activations, and the same effect of a hook that edits rotated keys.
+"""backend_decode: the toolkit's decode path (rotated keys kept, grouped attention, per-step
+tables) gives what TransformerLens' own forward gives: the same tokens, per-step logits within
+1e-5, every attention hook's activations, and the same effect of a hook that edits rotated keys.
 
-The reference ("unpatched") decodes through TransformerLens' own cache and attention forward
-(``activations.new_kv_cache`` without ``max_len``), the patched path through a
-:class:`~unlearn_interp.backend_decode.DecodeEntry` cache (``max_len`` given). Two families of tiny
-random checkpoints: ``llama`` (rotary, 4 query heads over 2 K/V heads) and ``gpt2`` (learned
-positions, multi-head), at batch 1 and at batch 8 with left padding.
+The reference decodes through TransformerLens' own cache and attention forward
+(``activations.new_kv_cache`` without ``max_len``), the decode path through
+:class:`~unlearn_interp.backend_decode.BufferedEntry` entries with step tables (``max_len``
+given, on a model with the toolkit's attention). Two families of tiny random checkpoints:
+``llama`` (rotary, 4 query heads over 2 K/V heads) and ``gpt2`` (learned positions,
+multi-head), at batch 1 and at batch 8 with left padding. A model with TransformerLens' own
+attention (a user's HookedTransformer) decodes on buffered entries without rotation.
 
     python -m pytest tests/test_backend_decode.py -q
 """
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import peaked_checkpoint_model
 from transformer_lens.components import AbstractAttention
 
-from unlearn_interp import activations, backend_decode, backend_pin, data
+from unlearn_interp import activations, backend_components, backend_decode, data, models
 from unlearn_interp.variants import hooks_installed
 
 TOLERANCE = 1e-5
@@ -43,12 +47,15 @@ def prompts(batch_size: int) -> data.Batch:
 
 
 @torch.no_grad()
-def decode(model, batch: data.Batch, patched: bool, steps: int = N_STEPS):
-    """Greedy decoding for ``steps`` steps: (tokens [batch, steps], logits per step)."""
+def decode(model, batch: data.Batch, own_path: bool, steps: int = N_STEPS, buffered=None):
+    """Greedy decoding for ``steps`` steps: (tokens [batch, steps], logits per step);
+    ``own_path``: on the decode path's cache, else on TransformerLens' own (``buffered``: a
+    buffered cache all the same, default ``own_path``)."""
     n = batch.tokens.shape[0]
-    max_len = batch.tokens.shape[1] + steps if patched else None
+    buffered = own_path if buffered is None else buffered
+    max_len = batch.tokens.shape[1] + steps if buffered else None
     cache = activations.new_kv_cache(model, n, max_len=max_len)
-    assert backend_decode.is_decode_cache(cache) == patched
+    assert on_decode_path(cache) == own_path
     step, mask, chosen, logits = batch.tokens, batch.attention_mask, [], []
     for _ in range(steps):
         resid = activations.decode_step(model, step, mask, cache)
@@ -58,18 +65,26 @@ def decode(model, batch: data.Batch, patched: bool, steps: int = N_STEPS):
     return torch.stack(chosen, dim=1), logits
 
 
+def on_decode_path(cache) -> bool:
+    """Whether ``cache``'s entries are the decode path's (buffered, with step tables)."""
+    tables = [getattr(e, "tables", None) for e in cache.entries]
+    assert len({id(t) for t in tables}) == 1  # every layer shares one step's tables (or None)
+    return tables[0] is not None
+
+
 def test_models_are_supported(model):
-    assert backend_decode.is_installed()
     assert backend_decode.supports(model)
+    assert backend_components.uses_toolkit_decoding(model)
     cache = activations.new_kv_cache(model, 2, max_len=8)
-    assert all(isinstance(e, backend_decode.DecodeEntry) for e in cache.entries)
+    assert all(isinstance(e, backend_decode.BufferedEntry) for e in cache.entries)
+    assert on_decode_path(cache)
 
 
 @pytest.mark.parametrize("batch_size", [1, 8])
-def test_tokens_and_logits_equal_unpatched(model, batch_size):
+def test_tokens_and_logits_equal_transformer_lens(model, batch_size):
     batch = prompts(batch_size)
-    tokens, logits = decode(model, batch, patched=True)
-    reference_tokens, reference_logits = decode(model, batch, patched=False)
+    tokens, logits = decode(model, batch, own_path=True)
+    reference_tokens, reference_logits = decode(model, batch, own_path=False)
     assert torch.equal(tokens, reference_tokens)
     for ours, theirs in zip(logits, reference_logits, strict=True):
         assert (ours - theirs).abs().max().item() <= TOLERANCE
@@ -96,10 +111,10 @@ def test_every_attention_hook_sees_the_same(model, batch_size):
     names = attention_hook_names(model)
     assert len(names) == 3 * (8 if "blocks.0.attn.hook_rot_k" in names else 6)
     views = {}
-    for patched in (True, False):
-        seen = views[patched] = []
+    for own_path in (True, False):
+        seen = views[own_path] = []
         with hooks_installed(model, [(name, recorder(seen)) for name in names]):
-            decode(model, batch, patched, steps=4)
+            decode(model, batch, own_path, steps=4)
     assert [name for name, _ in views[True]] == [name for name, _ in views[False]]
     assert len(views[True]) == len(names) * 4
     for (name, ours), (_, theirs) in zip(views[True], views[False], strict=True):
@@ -121,9 +136,9 @@ def test_a_hook_editing_rotated_keys_acts_the_same(model):
     batch = prompts(8)
     hooks = [(f"blocks.{layer}.attn.hook_rot_k", shrink_old_keys) for layer in range(3)]
     with hooks_installed(model, hooks):
-        tokens, logits = decode(model, batch, patched=True)
-        reference_tokens, reference_logits = decode(model, batch, patched=False)
-    _, unhooked = decode(model, batch, patched=True)
+        tokens, logits = decode(model, batch, own_path=True)
+        reference_tokens, reference_logits = decode(model, batch, own_path=False)
+    _, unhooked = decode(model, batch, own_path=True)
     assert torch.equal(tokens, reference_tokens)
     for ours, theirs in zip(logits, reference_logits, strict=True):
         assert (ours - theirs).abs().max().item() <= TOLERANCE
@@ -180,24 +195,45 @@ def test_overflowing_the_buffer_concatenates(model):
     assert (first - reference).abs().max().item() <= TOLERANCE
 
 
-def test_an_unsupported_feature_decodes_unpatched(model):
+def test_an_unsupported_feature_decodes_through_transformer_lens(model):
     model.set_use_attn_result(True)
     try:
         assert not backend_decode.supports(model)
-        cache = activations.new_kv_cache(model, 2, max_len=8)
-        assert not backend_decode.is_decode_cache(cache)
+        assert not backend_components.uses_toolkit_decoding(model)
+        assert not on_decode_path(activations.new_kv_cache(model, 2, max_len=8))
     finally:
         model.set_use_attn_result(False)
-    assert backend_decode.supports(model)
+    assert backend_components.uses_toolkit_decoding(model)
+
+
+def test_transformer_lens_attention_decodes_on_buffered_entries_without_rotation(model):
+    """A model with TransformerLens' own attention (a user's HookedTransformer) gets buffered
+    entries that TransformerLens' forward reads: the same tokens and logits."""
+    theirs = backend_components.use_transformer_lens_components(copy.deepcopy(model))
+    assert not backend_components.uses_toolkit_decoding(theirs)
+    cache = activations.new_kv_cache(theirs, 2, max_len=8)
+    assert all(isinstance(e, backend_decode.BufferedEntry) for e in cache.entries)
+    batch = prompts(8)
+    tokens, logits = decode(theirs, batch, own_path=False, buffered=True)
+    reference_tokens, reference_logits = decode(theirs, batch, own_path=False)
+    ours_tokens, _ = decode(model, batch, own_path=True)
+    assert torch.equal(tokens, reference_tokens) and torch.equal(tokens, ours_tokens)
+    assert all(torch.equal(a, b) for a, b in zip(logits, reference_logits, strict=True))
+
+
+def test_the_decode_cache_refuses_masks_it_does_not_implement(model):
+    cache = activations.new_kv_cache(model, 1, max_len=4)
+    x = torch.zeros(1, 1, models.d_model(model))
+    attn = model.blocks[0].attn
+    with pytest.raises(ValueError, match="additive_attention_mask"):
+        attn(x, x, x, cache.entries[0], torch.zeros(1, 1, 1, 1))
 
 
 def test_inert_on_an_untested_transformer_lens(model, monkeypatch):
-    assert backend_decode.is_tested_version("3.9.0")
-    assert not backend_decode.is_tested_version("4.0.0")
-    monkeypatch.setattr(backend_pin, "backend_version", lambda: "4.0.0")  # both patches' pin
-    assert not backend_decode.supports(model)
-    assert not backend_decode.is_decode_cache(activations.new_kv_cache(model, 2, max_len=8))
-    unwrapped = AbstractAttention.forward.__wrapped__
-    monkeypatch.setattr(AbstractAttention, "forward", unwrapped)
-    assert not backend_decode.install()
-    assert AbstractAttention.forward is unwrapped
+    monkeypatch.setattr(backend_components, "backend_version", lambda: "3.99.0")
+    fresh = backend_components.use_toolkit_components(
+        backend_components.use_transformer_lens_components(copy.deepcopy(model))
+    )
+    assert not backend_components.uses_toolkit_decoding(fresh)
+    assert not on_decode_path(activations.new_kv_cache(fresh, 2, max_len=8))
+    assert AbstractAttention.forward.__module__ == "transformer_lens.components.abstract_attention"

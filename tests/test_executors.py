@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from unlearn_interp import analysis, artifacts, backend_speed, rmu
+from unlearn_interp import analysis, artifacts, backend_components, rmu
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.executors import (
     RayExecutor,
@@ -57,11 +57,13 @@ def test_make_executor_checks_its_input():
         RayExecutor(workers=0)
 
 
-def test_models_pickle_with_their_tokenizer_and_fast_layout(organism_test):
+def test_models_pickle_with_their_tokenizer_and_components(organism_test):
     model = organism_test.model
-    assert backend_speed.uses_fast_layout(model)
+    assert backend_components.uses_toolkit_components(model)
     copy = pickle.loads(cloudpickle.dumps(model))
-    assert backend_speed.uses_fast_layout(copy)  # strides survive pickling
+    assert backend_components.uses_toolkit_components(copy)  # the components survive pickling
+    kinds = {n: type(m) for n, m in model.named_modules()}
+    assert {n: type(m) for n, m in copy.named_modules()} == kinds
     params, copied = dict(model.named_parameters()), dict(copy.named_parameters())
     assert all(params[n].stride() == copied[n].stride() for n in params)
     assert all(torch.equal(params[n], copied[n]) for n in params)

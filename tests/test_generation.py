@@ -114,7 +114,7 @@ def test_buffered_cache_gives_what_the_concatenating_one_gives(model, max_len):
         assert torch.equal(a, b)
         step = a[:, -1].abs().argmax(-1, keepdim=True) % 50
         mask = torch.ones_like(step)
-    # keys: backend_decode stores them rotated (tests/test_backend_decode.py compares them)
+    # keys: the toolkit's decode path stores them rotated (tests/test_backend_decode.py compares)
     assert torch.equal(buffered.entries[0].past_values, plain.entries[0].past_values)
     rows = activations.kv_cache_rows(buffered, [1, 1])
     assert torch.equal(rows.entries[-1].past_values[0], plain.entries[-1].past_values[1])

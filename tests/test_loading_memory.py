@@ -17,7 +17,7 @@ import torch
 from conftest import save_hf_checkpoint
 from safetensors.torch import load_file, save_file
 
-from unlearn_interp import data, hf_convert, models, sources
+from unlearn_interp import backend_components, data, hf_convert, models, sources
 from unlearn_interp.errors import UnlearnInterpError
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog.", "Answer: B"]
@@ -25,13 +25,16 @@ PROMPTS = ["The quick brown fox jumps over the lazy dog.", "Answer: B"]
 
 def load_before(path: Path, dtype: torch.dtype = torch.float32):
     """The loader before streaming: the whole HF model built, converted and copied in (kept as
-    ``hf_convert.model_through_transformers``, the path of ``.bin`` checkpoints)."""
+    ``hf_convert.model_through_transformers``, the path of ``.bin`` checkpoints), with the
+    toolkit's components as ``load_model`` gives every model (in bfloat16 they round differently
+    from TransformerLens' own: see ``backend_components``)."""
     from transformers import AutoTokenizer
 
     hf_config = hf_convert.read_hf_config(path, False)
     cfg = hf_convert.tl_config_from_hf(hf_config, model_name=path.name, dtype=dtype, device="cpu")
     model = hf_convert.model_through_transformers(path, cfg, False)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = backend_components.use_toolkit_components(model)
     return models.attach_tokenizer(model, tokenizer).to("cpu", print_details=False)
 
 

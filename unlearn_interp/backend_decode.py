@@ -1,113 +1,75 @@
-"""TransformerLens' attention during cached decoding, without redoing past work every step. The
-second place (after :mod:`backend_speed`) where this toolkit changes how TransformerLens (3.9)
-runs, and only for caches :func:`new_cache` made (``activations.new_kv_cache(..., max_len=)``).
+"""Cached decoding without redoing past work every step: the buffered key-value cache entry and
+the attention forward the toolkit's own attention components (:mod:`backend_components`) run on
+it. Nothing here changes TransformerLens; :func:`decode_attention` runs only when one of those
+components gets a :class:`BufferedEntry` whose ``tables`` are set, which
+``activations.new_kv_cache(model, n, max_len=)`` makes only for a model that uses them
+(``backend_components.uses_toolkit_decoding``).
 
 **Why.** At every decoding step TransformerLens 3.9's ``AbstractAttention.forward``
 
+* concatenates the whole past again to append one position's keys and values;
 * keeps the keys *unrotated* in its cache and rotates every cached key again (``apply_rotary(k,
   0, attention_mask)`` over all positions), recomputing the position ids from the whole mask;
 * repeats the cached keys and values of grouped-query attention to one per query head
   (``repeat_interleave``) before both matmuls;
 * rebuilds the causal mask (two ``arange`` and a comparison) in every layer.
 
-On SmolLM2-135M these were ~15% of a batch-1 decoding step.
+On SmolLM2-135M the last three were ~15% of a batch-1 decoding step.
 
-**What is patched.** :func:`install` (``models`` calls it at import) wraps
-``AbstractAttention.forward``: when the layer's cache entry is a :class:`DecodeEntry`, the
-attention runs :func:`decode_attention`; any other call runs TransformerLens' own forward. A
-:class:`DecodeEntry` stores keys *after* rotation (before ``hook_rot_k``), in buffers of the
-final length; a step rotates only its new keys, with cosines, sines and the mask built once per
-step for all layers (:class:`StepTables`), and multiplies grouped queries by the unrepeated keys
-and values (queries reshaped to ``[batch, kv_head, group x pos, d_head]``).
+**The entry.** A :class:`BufferedEntry` holds one layer's keys and values in buffers of the
+final length, and a step writes only its new positions (``past_keys``/``past_values`` are views
+of the part written so far). Frozen, past the buffer's length, or with gradients on, it
+concatenates as TransformerLens' entry does. Its ``tables`` (a :class:`StepTables` shared by
+every layer of one cache) are set exactly when the entry belongs to the toolkit's decode path:
+keys are then stored *after* rotation (before ``hook_rot_k``); with ``tables`` None it is a
+plain buffered entry that TransformerLens' own forward reads and extends (unrotated keys).
 
-**Hooks see what they saw.** ``hook_q``/``hook_k``/``hook_v`` see the new positions' projections
-and ``hook_rot_q`` the rotated queries, as in TransformerLens; ``hook_rot_k`` sees all positions'
-rotated keys ``[batch, pos, kv_head, d_head]`` and what it returns is used for this step only
-(rotation is per position, so a key rotated once equals the one TransformerLens rotates again;
-a hook's edit is re-applied each step and never cached, as there). No hook point sees a
-repeated key or value, so grouping changes no hook's view; ``hook_attn_scores``,
+**The forward.** :func:`decode_attention` rotates only the new keys, with cosines, sines and the
+mask built once per step for all layers (:class:`StepTables`), and multiplies grouped queries
+by the unrepeated keys and values (queries reshaped to ``[batch, kv_head, group x pos,
+d_head]``).
+
+**Hooks see what they saw.** ``hook_q``/``hook_k``/``hook_v`` see the new positions'
+projections and ``hook_rot_q`` the rotated queries, as in TransformerLens; ``hook_rot_k`` sees
+all positions' rotated keys ``[batch, pos, kv_head, d_head]`` and what it returns is used for
+this step only (rotation is per position, so a key rotated once equals the one TransformerLens
+rotates again; a hook's edit is re-applied each step and never cached, as there). No hook point
+sees a repeated key or value, so grouping changes no hook's view; ``hook_attn_scores``,
 ``hook_pattern`` and ``hook_z`` get the ``[batch, head, query, key]`` / ``[batch, pos, head,
 d_head]`` tensors they always get (scores equal up to float rounding of the grouped matmul).
 
-**How it is pinned.** :func:`install` acts only on :data:`backend_pin.TESTED_VERSIONS`;
-:func:`supports` lists the attention features the decode path implements and refuses a model with
-any other (ALiBi, relative bias, local windows, dynamic NTK, log-n scaling, sinks, QKV clipping,
-OLMo's q/k norm, 4-bit weights, ``use_attn_result``), which then decodes through TransformerLens'
-own forward. ``tests/test_backend_decode.py`` checks tokens, per-step logits and every attention
-hook's activations against the unpatched forward.
+**What it covers.** :func:`supports` lists the attention features the decode path implements
+and refuses a model with any other (ALiBi, relative bias, local windows, dynamic NTK, log-n
+scaling, sinks, QKV clipping, OLMo's q/k norm, 4-bit weights, ``use_attn_result``), which then
+decodes through TransformerLens' own forward on unrotated buffered entries. The TransformerLens
+version pin is ``backend_components``' (its components are the only callers).
+``tests/test_backend_decode.py`` checks tokens, per-step logits and every attention hook's
+activations against TransformerLens' own forward.
 
     >>> from unlearn_interp import activations
     >>> cache = activations.new_kv_cache(model, 8, max_len=96)          # doctest: +SKIP
-    >>> type(cache.entries[0]).__name__                                  # doctest: +SKIP
-    'DecodeEntry'
+    >>> cache.entries[0].tables is not None                              # doctest: +SKIP
+    True
 """
 
 from __future__ import annotations
-
-import functools
-import logging
-from collections.abc import Sequence
 
 import einops
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer, TransformerLensKeyValueCache
-from transformer_lens import TransformerLensKeyValueCacheEntry as _TLEntry
+from transformer_lens import HookedTransformer, TransformerLensKeyValueCacheEntry
 from transformer_lens.components import AbstractAttention
 from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.tensors import get_offset_position_ids
 
-from unlearn_interp.backend_pin import TESTED_VERSIONS, backend_version, is_tested_version
-
-log = logging.getLogger(__name__)
-
-_MARK = "_unlearn_interp_decode"
 _UNSUPPORTED_ARCHITECTURES = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
-def is_installed() -> bool:
-    """Whether :func:`install` has wrapped TransformerLens' attention forward."""
-    return bool(getattr(AbstractAttention.forward, _MARK, False))
-
-
-def install() -> bool:
-    """Route attention with a :class:`DecodeEntry` through :func:`decode_attention`; idempotent.
-
-    Returns whether the patch is active (False on an untested TransformerLens version, where
-    :func:`supports` is then False for every model and decoding runs unpatched).
-
-    >>> backend_decode.install()                              # doctest: +SKIP
-    True
-    """
-    if is_installed():
-        return True
-    if not is_tested_version():
-        log.info("TransformerLens %s is untested here: decoding runs unpatched", backend_version())
-        return False
-    original = AbstractAttention.forward
-
-    @functools.wraps(original)
-    def forward(self, query_input, key_input, value_input, past_kv_cache_entry=None, **kwargs):
-        if isinstance(past_kv_cache_entry, DecodeEntry):
-            mask = kwargs.pop("attention_mask", None)
-            if any(v is not None for v in kwargs.values()):
-                raise TypeError(f"the decode path takes no {sorted(kwargs)}")
-            return decode_attention(self, query_input, key_input, value_input,
-                                    past_kv_cache_entry, mask)  # fmt: skip
-        return original(self, query_input, key_input, value_input, past_kv_cache_entry, **kwargs)
-
-    setattr(forward, _MARK, True)
-    AbstractAttention.forward = forward
-    return True
-
-
 def supports(model: HookedTransformer) -> bool:
-    """Whether the patch is active (on a tested TransformerLens) and every attention layer of
-    ``model`` uses only features :func:`decode_attention` implements."""
-    if not (is_installed() and is_tested_version()):
-        return False
+    """Whether every attention layer of ``model`` uses only features :func:`decode_attention`
+    implements (a feature check: whether the layers run it is ``backend_components``')."""
     attns = [m for m in model.modules() if isinstance(m, AbstractAttention)]
     return bool(attns) and all(_supported(a) for a in attns)
 
@@ -153,72 +115,57 @@ class StepTables:
         return self
 
 
-class DecodeEntry(_TLEntry):
-    """One layer's keys (rotated, for rotary models) and values in buffers of the final length;
-    ``past_keys``/``past_values`` are views of the part written so far. With gradients on, or
-    past the buffer's length, the buffers are replaced by the concatenation (as TransformerLens
-    does)."""
+class BufferedEntry(TransformerLensKeyValueCacheEntry):
+    """One layer's keys and values in buffers of the final length (``keys``/``values``,
+    ``[batch, max_len, heads, d_head]``); ``past_keys``/``past_values`` are views of the first
+    ``length`` positions, the part written so far. ``tables`` set: the toolkit's decode path
+    (keys stored rotated, :func:`decode_attention`); None: TransformerLens' forward reads it.
 
-    def __init__(self, keys: Tensor, values: Tensor, tables: StepTables, length: int = 0) -> None:
-        self.keys, self.values, self.tables = (
-            keys,
-            values,
-            tables,
-        )  # [batch, max_len, heads, d_head]
+    >>> entry = BufferedEntry(torch.empty(2, 16, 4, 8), torch.empty(2, 16, 4, 8))  # doctest: +SKIP
+    >>> keys, values = entry.append(new_keys, new_values)  # writes positions 0..n-1  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        keys: Float[Tensor, "batch max_len heads d_head"],
+        values: Float[Tensor, "batch max_len heads d_head"],
+        tables: StepTables | None = None,
+        length: int = 0,
+    ) -> None:
+        self.keys, self.values, self.tables = keys, values, tables
         self.length, self.frozen = length, False
 
     @property
     def past_keys(self) -> Tensor:
         return self.keys[:, : self.length]
 
+    @past_keys.setter
+    def past_keys(self, keys: Tensor) -> None:  # what TransformerLens' concatenation stores
+        self.keys, self.length = keys, keys.shape[1]
+
     @property
     def past_values(self) -> Tensor:
         return self.values[:, : self.length]
 
-    def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new positions (keys as given: rotate them first) and return all of them."""
+    @past_values.setter
+    def past_values(self, values: Tensor) -> None:
+        self.values = values
+
+    def append(
+        self,
+        new_keys: Float[Tensor, "batch new heads d_head"],
+        new_values: Float[Tensor, "batch new heads d_head"],
+    ) -> tuple[Float[Tensor, "batch all heads d_head"], Float[Tensor, "batch all heads d_head"]]:
+        """Store the new positions (keys as given: the decode path rotates them first) and
+        return all of them; frozen, past the buffer or with gradients on, TransformerLens'
+        concatenation (which stores the result unless frozen)."""
         end = self.length + new_keys.shape[1]
-        if end > self.keys.shape[1] or torch.is_grad_enabled():
-            self.keys = torch.cat([self.past_keys, new_keys], dim=1)
-            self.values = torch.cat([self.past_values, new_values], dim=1)
-        else:
-            self.keys[:, self.length : end] = new_keys
-            self.values[:, self.length : end] = new_values
+        if self.frozen or end > self.keys.shape[1] or torch.is_grad_enabled():
+            return super().append(new_keys, new_values)
+        self.keys[:, self.length : end] = new_keys
+        self.values[:, self.length : end] = new_values
         self.length = end
         return self.past_keys, self.past_values
-
-
-def new_cache(
-    model: HookedTransformer, batch_size: int, max_len: int
-) -> TransformerLensKeyValueCache:
-    """An empty cache of :class:`DecodeEntry` layers for ``batch_size`` rows and up to
-    ``max_len`` positions (only for a model :func:`supports`)."""
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size)
-    tables = StepTables()
-    cache.entries = [
-        DecodeEntry(*(x.new_empty(batch_size, max_len, *x.shape[2:]) for x in pair), tables)
-        for pair in ((e.past_keys, e.past_values) for e in cache.entries)
-    ]
-    return cache
-
-
-def cache_rows(
-    cache: TransformerLensKeyValueCache, rows: Sequence[int]
-) -> TransformerLensKeyValueCache:
-    """A new cache of :class:`DecodeEntry` layers holding ``cache``'s rows ``rows`` (repeats
-    allowed), keys (still rotated), values and attention mask alike."""
-
-    def pick(x: Tensor) -> Tensor:
-        return x.index_select(0, torch.tensor(list(rows), device=x.device))
-
-    tables = StepTables()
-    entries = [DecodeEntry(pick(e.keys), pick(e.values), tables, e.length) for e in cache.entries]
-    return TransformerLensKeyValueCache(entries, pick(cache.previous_attention_mask))
-
-
-def is_decode_cache(cache: TransformerLensKeyValueCache) -> bool:
-    """Whether ``cache`` was made by :func:`new_cache` (its keys are stored rotated)."""
-    return bool(cache.entries) and isinstance(cache.entries[0], DecodeEntry)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +178,7 @@ def decode_attention(
     query_input: Float[Tensor, "batch pos d_model"],
     key_input: Float[Tensor, "batch pos d_model"],
     value_input: Float[Tensor, "batch pos d_model"],
-    entry: DecodeEntry,
+    entry: BufferedEntry,
     attention_mask: Int[Tensor, "batch key_pos"] | None,
 ) -> Float[Tensor, "batch pos d_model"]:
     """``attn``'s forward on new positions after those ``entry`` holds (extending it), every
@@ -353,16 +300,4 @@ def _output(
     return F.linear(z, w.contiguous(), attn.b_O)
 
 
-__all__ = [
-    "DecodeEntry",
-    "StepTables",
-    "TESTED_VERSIONS",
-    "cache_rows",
-    "decode_attention",
-    "install",
-    "is_decode_cache",
-    "is_installed",
-    "is_tested_version",
-    "new_cache",
-    "supports",
-]
+__all__ = ["BufferedEntry", "StepTables", "decode_attention", "supports"]

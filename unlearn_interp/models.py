@@ -9,6 +9,9 @@ TransformerLens.
   layer ``k-1``; :func:`is_truncated`). It lives in ``loader``; this module re-exports it.
 * :func:`random_model` builds a small randomly initialised model from a config, for tests and
   benchmarks.
+* Both give the model the toolkit's own components (``backend_components``: no per-call weight
+  copies, cached decoding that keeps rotated keys); nothing is patched, so a HookedTransformer
+  built any other way is TransformerLens' own.
 * Naming helpers (:func:`resid_hook`, :func:`mlp_out_param`, :func:`check_layer`) so no other
   module spells a hook or parameter name.
 * :func:`variant_from_checkpoint` turns a second checkpoint of the same architecture (a released
@@ -36,7 +39,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from unlearn_interp import backend_decode, backend_speed, hf_convert
+from unlearn_interp import backend_components, hf_convert
 from unlearn_interp.artifacts import atomic_path
 from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
@@ -54,8 +57,6 @@ from unlearn_interp.variants import snapshot_weights as snapshot_weights
 log = logging.getLogger(__name__)
 
 Model = HookedTransformer  # the model type every other module names (the backend's class)
-backend_speed.install()  # weights stored as the forward reads them (see backend_speed)
-backend_decode.install()  # cached decoding keeps rotated keys (see backend_decode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +202,8 @@ def random_model(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
 ) -> HookedTransformer:
-    """A randomly initialised HookedTransformer, GPT-2-style by default, for tests and benchmarks.
+    """A randomly initialised HookedTransformer, GPT-2-style by default, for tests and benchmarks,
+    with the toolkit's own components (``backend_components``).
 
     >>> gpt2_small_shape = random_model(n_layers=12, d_model=768, n_heads=12, d_vocab=50257,
     ...                                 n_ctx=1024)            # doctest: +SKIP
@@ -222,7 +224,7 @@ def random_model(
         device=str(device) if device is not None else "cpu",
         model_name=f"random-{n_layers}L-{d_model}d",
     )
-    model = HookedTransformer(cfg)
+    model = backend_components.use_toolkit_components(HookedTransformer(cfg))
     if tokenizer is not None:
         attach_tokenizer(model, tokenizer)
     return model

@@ -335,8 +335,9 @@ def _run_after_prefix(
     tokens run once, on one row whose keys and values are then copied to every row; positions
     come from the attention masks, so each token sits where it would in its whole row (padding
     between the two parts is masked). The cache is buffered (``new_kv_cache(max_len=)``): later
-    tokens (``room``) are written in place, and where ``backend_decode`` supports the model its
-    attention keeps keys rotated and groups queries instead of repeating keys."""
+    tokens (``room``) are written in place, and where the model's attention is the toolkit's
+    (``backend_components.uses_toolkit_decoding``) it keeps keys rotated and groups queries
+    instead of repeating keys."""
     device = models.model_device(model)
     rest = data.left_pad([r[n_prefix:] for r in rows], data.pad_token_id(model.tokenizer))
     rest = rest.to(device)
