@@ -1,5 +1,5 @@
 """Forward pass: a TransformerLens model from ``models.load_model`` against the same checkpoint in
-HuggingFace ``transformers``, with and without ``backend_speed``'s weight layout.
+HuggingFace ``transformers``, with the toolkit's own components and with TransformerLens' own.
 
 Usage:
     python benchmarks/bench_forward.py                   # all three checkpoints, 1 CPU thread (~3 min; 6 on a busy 2-core machine)
@@ -20,16 +20,16 @@ The random checkpoints are written to a temporary directory with a small tokeniz
 GPU machine that reaches no package index.
 
 Runners, on ``--batch`` x ``--seq`` random token ids, no grad: ``tl`` (the model as
-``load_model`` returns it, ``backend_speed`` active), ``tl_unpatched`` (a copy with
-``backend_speed.tl_layout``: TransformerLens 3.9's own layout) and ``hf``. After one warm-up each
-they take turns for ``--repeats`` rounds (load from other processes falls on all alike); the
-medians of wall-clock and process CPU time (which waiting for a busy machine does not inflate;
-use ``--threads 1`` on a shared machine) and their ratios to ``hf`` are reported.
-Target (issue 15): ``tl`` / ``hf`` <= 1.15. In float32 the run fails unless ``tl`` and
-``tl_unpatched`` agree within 1e-4 and ``tl`` and ``hf`` within 1e-3 (the max abs logit
-differences are recorded; TransformerLens' own attention and norms differ from HuggingFace's by
-~1e-4 on real weights, patched or not, as HuggingFace's eager attention differs from its sdpa;
-that difference is recorded too). Writes benchmarks/results/forward_<device>.json
+``load_model`` returns it, with the toolkit's components: ``backend_components``), ``tl_own`` (a
+deepcopy with ``backend_components.use_transformer_lens_components``: TransformerLens 3.9's own
+components) and ``hf``. After one warm-up each they take turns for ``--repeats`` rounds (load
+from other processes falls on all alike); the medians of wall-clock and process CPU time (which
+waiting for a busy machine does not inflate; use ``--threads 1`` on a shared machine) and their
+ratios to ``hf`` are reported. Target: ``tl`` / ``hf`` <= 1.10. In float32 the run fails
+unless ``tl`` and ``tl_own`` agree within 1e-4 and ``tl`` and ``hf`` within 1e-3 (the max abs
+logit differences are recorded; TransformerLens' attention and norms differ from HuggingFace's
+by ~1e-4 on real weights, with either components, as HuggingFace's eager attention differs from
+its sdpa; that difference is recorded too). Writes benchmarks/results/forward_<device>.json
 (forward_<device>_<checkpoint>.json for a subset).
 """
 
@@ -46,10 +46,10 @@ from pathlib import Path
 import torch
 from bench_evaluation import interleaved  # the sibling benchmark's helper (scripts share a folder)
 
-from unlearn_interp import backend_speed, data, models, sources
+from unlearn_interp import backend_components, data, models, sources
 from unlearn_interp.artifacts import library_versions, write_json
 
-TARGET = 1.15
+TARGET = 1.10
 # what the random checkpoints' tokenizer is trained on (their inputs are random ids)
 TOKENIZER_TEXT = " ".join(
     ["the residual stream of a transformer carries every layer's output"] * 20
@@ -92,7 +92,7 @@ def measure(name: str, path: Path, args: argparse.Namespace) -> dict:
 
     dtype = getattr(torch, args.dtype)
     tl = models.load_model(path, device=args.device, dtype=dtype)
-    unpatched = backend_speed.tl_layout(copy.deepcopy(tl))
+    tl_own = backend_components.use_transformer_lens_components(copy.deepcopy(tl))
     hf = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     hf = hf.to(args.device).eval()
     vocab = min(models.d_vocab(tl), len(tl.tokenizer))
@@ -104,23 +104,21 @@ def measure(name: str, path: Path, args: argparse.Namespace) -> dict:
             out = model(tokens)
         return getattr(out, "logits", out).float()
 
-    runners = {"tl": lambda: forward(tl), "tl_unpatched": lambda: forward(unpatched),
+    runners = {"tl": lambda: forward(tl), "tl_own": lambda: forward(tl_own),
                "hf": lambda: forward(hf)}  # fmt: skip
     wall, cpu, logits = interleaved(runners, args.device, args.repeats)
     on_cpu = args.device == "cpu"
     return {
         "checkpoint": name,
         "parameters": sum(p.numel() for p in hf.parameters()),
-        "tl_uses_fast_layout": backend_speed.uses_fast_layout(tl),
+        "tl_uses_toolkit_components": backend_components.uses_toolkit_components(tl),
         "seconds_wall_median": wall,
         "seconds_cpu_median": cpu if on_cpu else None,
-        "ratio_to_hf_wall": {k: wall[k] / wall["hf"] for k in ("tl", "tl_unpatched")},
-        "ratio_to_hf_cpu": {k: cpu[k] / cpu["hf"] for k in ("tl", "tl_unpatched")}
-        if on_cpu
-        else None,
-        "max_abs_logit_diff_tl_vs_unpatched": diff(logits["tl"], logits["tl_unpatched"]),
+        "ratio_to_hf_wall": {k: wall[k] / wall["hf"] for k in ("tl", "tl_own")},
+        "ratio_to_hf_cpu": {k: cpu[k] / cpu["hf"] for k in ("tl", "tl_own")} if on_cpu else None,
+        "max_abs_logit_diff_tl_vs_tl_own": diff(logits["tl"], logits["tl_own"]),
         "max_abs_logit_diff_tl_vs_hf": diff(logits["tl"], logits["hf"]),
-        "max_abs_logit_diff_unpatched_vs_hf": diff(logits["tl_unpatched"], logits["hf"]),
+        "max_abs_logit_diff_tl_own_vs_hf": diff(logits["tl_own"], logits["hf"]),
         "max_abs_logit_hf": float(logits["hf"].abs().max()),
         # HuggingFace's own eager attention against its default (sdpa): the rounding floor
         "max_abs_logit_diff_hf_eager_vs_hf": diff(
@@ -146,10 +144,10 @@ def diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def report_line(r: dict, on_cpu: bool) -> str:
     wall, ratio = r["seconds_wall_median"], r["ratio_to_hf_wall"]
     line = (f"{r['checkpoint']:<16}{wall['hf']:>8.3f}{wall['tl']:>8.3f}{ratio['tl']:>8.2f}"
-            f"{wall['tl_unpatched']:>8.3f}{ratio['tl_unpatched']:>8.2f}")  # fmt: skip
+            f"{wall['tl_own']:>8.3f}{ratio['tl_own']:>8.2f}")  # fmt: skip
     if on_cpu:
-        line += f"{r['ratio_to_hf_cpu']['tl']:>9.2f}{r['ratio_to_hf_cpu']['tl_unpatched']:>9.2f}"
-    return line + (f"{r['max_abs_logit_diff_tl_vs_unpatched']:>11.1e}"
+        line += f"{r['ratio_to_hf_cpu']['tl']:>9.2f}{r['ratio_to_hf_cpu']['tl_own']:>9.2f}"
+    return line + (f"{r['max_abs_logit_diff_tl_vs_tl_own']:>11.1e}"
                    f"{r['max_abs_logit_diff_tl_vs_hf']:>11.1e}"
                    f"{r['max_abs_logit_diff_hf_eager_vs_hf']:>11.1e}")  # fmt: skip
 
@@ -179,9 +177,9 @@ def main() -> None:
         ]
     print(f"forward {args.batch} x {args.seq} tokens, {args.device} {args.dtype}, no grad, "
           f"{torch.get_num_threads()} thread(s), median of {args.repeats} interleaved rounds")  # fmt: skip
-    print(f"{'checkpoint':<16}{'hf s':>8}{'tl s':>8}{'tl/hf':>8}{'unp s':>8}{'unp/hf':>8}"
-          + (f"{'cpu tl/hf':>9}{'unp/hf':>9}" if on_cpu else "")
-          + f"{'|tl-unp|':>11}{'|tl-hf|':>11}{'|eager-hf|':>11}")  # fmt: skip
+    print(f"{'checkpoint':<16}{'hf s':>8}{'tl s':>8}{'tl/hf':>8}{'own s':>8}{'own/hf':>8}"
+          + (f"{'cpu tl/hf':>9}{'own/hf':>9}" if on_cpu else "")
+          + f"{'|tl-own|':>11}{'|tl-hf|':>11}{'|eager-hf|':>11}")  # fmt: skip
     for r in results:
         print(report_line(r, on_cpu))
     names = [r["checkpoint"] for r in results]
@@ -194,10 +192,10 @@ def main() -> None:
     })  # fmt: skip
     print(f"wrote {out}")
     if args.dtype == "float32" and any(
-        r["max_abs_logit_diff_tl_vs_unpatched"] > 1e-4 or r["max_abs_logit_diff_tl_vs_hf"] > 1e-3
+        r["max_abs_logit_diff_tl_vs_tl_own"] > 1e-4 or r["max_abs_logit_diff_tl_vs_hf"] > 1e-3
         for r in results
     ):
-        sys.exit("logits differ: the patched forward is not the unpatched one")
+        sys.exit("logits differ: the toolkit's components do not give TransformerLens' forward")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ top-k and top-p off (HF is passed ``top_k=0, top_p=1.0`` explicitly; SmolLM2's
 generation_config.json sets neither, and older transformers default to top-k 50), so each step
 is a softmax and one ``torch.multinomial`` draw (an exponential per vocabulary entry, ~1 ms per
 row at 49k on one thread) on either side. Ours also records the largest logit and the entropy
-of every step, which HF does not: that work is timed. Ours decodes through
-``unlearn_interp.backend_decode`` (rotated keys cached, grouped-query attention unrepeated);
-``decode_patch`` in the results says whether it was active.
+of every step, which HF does not: that work is timed. Ours decodes through the toolkit's own
+decode path (``backend_components``' attention running ``backend_decode``: rotated keys cached,
+grouped-query attention unrepeated); ``own_decode_path`` in the results says whether it was
+active.
 
 After one warm-up each, the two sides take turns for ``--repeats`` rounds (so load from other
 processes falls on both alike); the medians of wall-clock and process CPU time are reported as
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from unlearn_interp import backend_decode, data, evaluation, models, sources
+from unlearn_interp import backend_components, data, evaluation, models, sources
 from unlearn_interp.artifacts import library_versions, write_json
 from unlearn_interp.evaluation.generation import chat_prompt
 
@@ -174,7 +175,7 @@ def main() -> None:
         "dtype": args.dtype,
         "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(),
-        "decode_patch": backend_decode.supports(model),
+        "own_decode_path": backend_components.uses_toolkit_decoding(model),
         "sampling": "temperature 1, top-k and top-p off on both sides (softmax + multinomial)",
         "settings": [],
         "versions": library_versions(),

@@ -9,7 +9,7 @@ test_memory_arithmetic.py`` checks the formulas against tiny TransformerLens mod
 family: the parameter count against ``sum(p.numel())``, the tensors autograd saves for backward
 (RMU's suffix, fine-tuning) against the tensors ``saved_tensors_hooks`` sees, the AdamW moments
 against ``optimizer.state``, the KV cache against ``activations.new_kv_cache``. Those byte counts
-are TransformerLens 3.9's (the version ``backend_speed`` is pinned to); they are exact, not
+are TransformerLens 3.9's (the version ``backend_components`` is pinned to); they are exact, not
 estimates. Two quantities are estimates and say so: the transient peak of a no-grad block (the
 largest tensors one block has alive at once) and the logits of a training loss (the float32 copy,
 its log-softmax and their gradients). Loading's host overhead is the measured
