@@ -60,14 +60,17 @@ PROMPT = "The capital of France is Paris, and the capital of Italy is"
 
 def load_before(path: Path, device: str, dtype: torch.dtype):
     """The loader before streaming: the whole HF model built, converted and copied in (the path
-    ``load_model`` keeps for ``.bin`` checkpoints, ``hf_convert.model_through_transformers``)."""
+    ``load_model`` keeps for ``.bin`` checkpoints, ``hf_convert.model_through_transformers``),
+    with the toolkit's components as ``load_model`` gives every model (in bfloat16 they round
+    differently from TransformerLens' own)."""
     from transformers import AutoTokenizer
 
-    from unlearn_interp import hf_convert
+    from unlearn_interp import backend_components, hf_convert
 
     hf_config = hf_convert.read_hf_config(path, False)
     cfg = hf_convert.tl_config_from_hf(hf_config, model_name=path.name, dtype=dtype, device=device)
     model = hf_convert.model_through_transformers(path, cfg, False)
+    model = backend_components.use_toolkit_components(model)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return models.attach_tokenizer(model, tokenizer).to(device, print_details=False)
 

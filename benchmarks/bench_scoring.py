@@ -47,7 +47,15 @@ import torch
 from bench_evaluation import timed  # the sibling benchmark's timing helper (scripts share a folder)
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from unlearn_interp import activations, data, evaluation, models, real_data, sources
+from unlearn_interp import (
+    activations,
+    backend_components,
+    data,
+    evaluation,
+    models,
+    real_data,
+    sources,
+)
 from unlearn_interp.artifacts import library_versions, write_json
 from unlearn_interp.evaluation import scoring
 
@@ -97,7 +105,9 @@ def make_model(shape: str, device: str) -> HookedTransformer:
     cfg = HookedTransformerConfig(
         **SHAPES[shape], seed=0, device=device, dtype=torch.float32, model_name=shape
     )
-    model = HookedTransformer(cfg)
+    # the toolkit's components, as models.load_model gives them (no per-call weight copies,
+    # the rotated-key decode path on new_kv_cache(max_len=)'s buffers)
+    model = backend_components.use_toolkit_components(HookedTransformer(cfg))
     # score_requests only needs the tokenizer's pad id; token ids are made up below
     models.attach_tokenizer(model, data.train_tokenizer(["a b c d"], vocab_size=64))
     return model
