@@ -1,9 +1,10 @@
 """The backend seam: every forward pass the toolkit runs goes through this module.
 
-Nothing outside ``models``, ``hf_convert``, ``activations``, ``interventions`` and ``variants``
-passes TransformerLens keyword arguments, reads ``model.cfg`` or touches TL's cache classes
-(``tests/test_architecture.py`` enforces it), so a second backend (TL 4's ``TransformerBridge``,
-nnsight) replaces these functions and nothing else.
+Nothing outside ``models`` (with ``loader``), ``hf_convert``, ``activations`` (with
+``kv_cache``), ``interventions``, ``variants`` and the toolkit's own TransformerLens components
+(``backend_components``, ``backend_decode``) passes TransformerLens keyword arguments, reads
+``model.cfg`` or touches TL's cache classes (``tests/test_architecture.py`` enforces it), so a
+second backend (TL 4's ``TransformerBridge``, nnsight) replaces these and nothing else.
 
 * Batches: :func:`iter_batches` (left-padded, within the model's context), :func:`select_positions`.
 * Blocks: :func:`run_blocks` runs blocks ``start..stop-1`` from tokens or from a residual
@@ -12,7 +13,9 @@ nnsight) replaces these functions and nothing else.
 * Capture: :func:`capture_resid` streams the residual stream after chosen layers at chosen
   tokens; :func:`mean_activations` keeps only float64 running sums (:class:`MaskedSums`).
 * Decoding: :func:`decode_step` on a cache from :func:`new_kv_cache` (or :func:`kv_cache_rows`;
-  both live in :mod:`kv_cache`, re-exported here).
+  both live in :mod:`kv_cache`, re-exported here). With ``max_len`` the cache is buffered; on a
+  model the toolkit built (``backend_components``) its attention then keeps keys rotated
+  (``backend_decode``), on any other HookedTransformer TransformerLens' own forward reads it.
 
 Layer ``l`` is the residual stream *after* block ``l`` (``blocks.{l}.hook_resid_post``).
 
