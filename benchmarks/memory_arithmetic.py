@@ -140,38 +140,50 @@ def block_saved_bytes_per_token(a: Arch, seq: int, dtype_bytes: int) -> int:
     return mlp + attn + 2 * norm_bytes_per_token(a, dtype_bytes) + pattern
 
 
+def attention_weight_copy_bytes(a: Arch, dtype_bytes: int) -> int:
+    """TransformerLens' attention copies ``W_Q``, ``W_K``, ``W_V`` (to ``[(head d_head),
+    d_model]``) and ``W_O`` on every call (``backend_components`` keeps these copies: they cannot
+    be avoided bit for bit); a block whose input needs a gradient keeps all four for backward."""
+    return (2 * a.n_heads + 2 * a.n_kv_heads) * a.d_head * a.d_model * dtype_bytes
+
+
 def rmu_saved_bytes(
     a: Arch, batch: int, seq: int, first: int, layer: int, dtype_bytes: int, masked: bool = True
 ) -> int:
     """RMU's suffix (``rmu.forward.SplitForward``, only the W_out of blocks first..layer train):
     block ``first`` saves only its W_out input (d_mlp per token), blocks first+1..layer save
-    everything; the loss (``rmu.loss.masked_mse``) saves h after ``layer`` in float32 and the
+    everything (and their attention weight copies); the loss (``rmu.loss.masked_mse``) saves h after ``layer`` in float32 and the
     float32 mask (``masked=False``, the reference's loss: the float32 target instead). One of the
     two graphs (forget, retain) is alive at a time."""
     per_token = a.d_mlp * dtype_bytes + (layer - first) * block_saved_bytes_per_token(
         a, seq, dtype_bytes
     )
+    copies = (layer - first) * attention_weight_copy_bytes(a, dtype_bytes)
     if masked:
-        return batch * seq * (per_token + a.d_model * FLOAT32 + FLOAT32) + FLOAT32
-    return batch * seq * (per_token + a.d_model * FLOAT32) + a.d_model * FLOAT32
+        return batch * seq * (per_token + a.d_model * FLOAT32 + FLOAT32) + FLOAT32 + copies
+    return batch * seq * (per_token + a.d_model * FLOAT32) + a.d_model * FLOAT32 + copies
 
 
 def finetune_saved_bytes(a: Arch, batch: int, seq: int, dtype_bytes: int, params: str) -> int:
     """``attacks.finetune`` (``params`` "all" or "mlp_out") through ``next_token_loss``: every
     block saves what it needs for the input gradient (block 0 only its W_out input under
-    "mlp_out"), "all" adds nine d_model-wide inputs of weight gradients per block, two for the
-    final norm and unembedding and the token ids; the final norm; the loss's float32 log-softmax
-    of the batch x (seq - 1) targets and its per-target statistics."""
+    "mlp_out"), and the attention weight copies of those blocks; "all" adds nine d_model-wide
+    inputs of weight gradients per block, two for the final norm and unembedding and the token
+    ids; the final norm; the loss's float32 log-softmax of the batch x (seq - 1) targets and its
+    per-target statistics."""
     full = block_saved_bytes_per_token(a, seq, dtype_bytes)
     final_norm = a.d_model * FLOAT32 + FLOAT32
     if params == "all":
         per_token = a.n_layers * (full + 9 * a.d_model * dtype_bytes)
         per_token += 2 * a.d_model * dtype_bytes + 8  # final norm / unembed inputs; int64 ids
+        blocks_with_input_gradient = a.n_layers
     else:
         per_token = a.d_mlp * dtype_bytes + (a.n_layers - 1) * full
+        blocks_with_input_gradient = a.n_layers - 1
     targets = batch * (seq - 1)
     loss = targets * (a.d_vocab * FLOAT32 + FLOAT32 + 8) + 2 * FLOAT32
-    return batch * seq * (per_token + final_norm) + loss
+    copies = blocks_with_input_gradient * attention_weight_copy_bytes(a, dtype_bytes)
+    return batch * seq * (per_token + final_norm) + loss + copies
 
 
 def kv_cache_bytes(a: Arch, batch: int, positions: int, dtype_bytes: int) -> int:

@@ -166,15 +166,19 @@ def test_adamw_state_equals_the_optimizers(tiny):
 
 
 def parameter_copy_bytes(model, compute) -> int:
-    """Bytes of the copies ``compute()`` makes of the model's parameters (``clone`` calls on
-    a tensor sharing a parameter's storage)."""
+    """Bytes of the copies ``compute()`` makes of the model's parameters as stored (``clone``
+    calls on a contiguous tensor sharing a parameter's storage: what a snapshot makes). The
+    copies TransformerLens' attention makes of W_Q/W_K/W_V/W_O on every call reshape a permuted
+    view (not contiguous): transient, counted where autograd keeps them
+    (``attention_weight_copy_bytes``)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert all(p.is_contiguous() for p in model.parameters())
     copies = []
 
     class CountCopies(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            clone = func is torch.ops.aten.clone.default
+            clone = func is torch.ops.aten.clone.default and args[0].is_contiguous()
             if clone and args[0].untyped_storage().data_ptr() in params:
                 copies.append(out.nbytes)
             return out
