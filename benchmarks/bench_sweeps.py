@@ -45,8 +45,8 @@ COEFS = (30.0, 100.0, 300.0, 1000.0, 3000.0)  # GALLERY["demo"].coefs, plus the 
 def sweep(executor, size: str = "demo"):
     """The gallery's coefficient sweep of ``size`` on the cached organism (loaded outside)."""
     from unlearn_interp import analysis, rmu
-    from unlearn_interp.pipeline.demo import organism_rmu_config
     from unlearn_interp.pipeline.gallery import GALLERY
+    from unlearn_interp.pipeline.organism_demo import organism_rmu_config
 
     org = ORGANISM
     settings = GALLERY[size]

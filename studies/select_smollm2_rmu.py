@@ -9,7 +9,7 @@ retain accuracy stays within 0.03 of base. How much any ablation recovers is nev
     python studies/select_smollm2_rmu.py            # resumes; writes studies/results/*.csv
 
 The table (one row per point and task) is ``studies/results/smollm2_rmu_settings.csv``; the
-choice is printed and recorded in ``unlearn_interp.pipeline.study_config.SMOLLM2_RMU``.
+choice is printed and recorded in ``unlearn_interp.pipeline.study.config.SMOLLM2_RMU``.
 """
 
 from __future__ import annotations
@@ -21,13 +21,19 @@ from pathlib import Path
 import pandas as pd
 
 from unlearn_interp import analysis, models, rmu
-from unlearn_interp.pipeline import study
-from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.pipeline.study.config import (
+    MAX_ITEMS_PER_TASK,
+    Study,
+    smollm2_rmu_config,
+    with_changes,
+)
+from unlearn_interp.pipeline.study.data import asset_paths, build_study
+from unlearn_interp.pipeline.study.seeds import evaluate_per_item
 from unlearn_interp.variants import Variant, restored_weights
 
 RESULTS = Path(__file__).parent / "results"
 COEFS = (150.0, 300.0, 600.0, 1200.0)
-LRS = (1e-3,)  # lr <= 2e-4 barely moved the model in 150 steps (SCIENCE.md section 5)
+LRS = (1e-3,)  # lr <= 2e-4 barely moved the model in 150 steps (a throwaway run before)
 BETAS = (2.0, 5.0)
 RETAIN_TOLERANCE = 0.03
 CORE_TASKS = ("sciq_chem", "cloze_elements", "sciq_other", "cloze_capitals")
@@ -40,19 +46,19 @@ def points() -> list[dict]:
     ]
 
 
-def measure(loaded: study.Study, point: dict) -> pd.DataFrame:
+def measure(loaded: Study, point: dict) -> pd.DataFrame:
     tasks = {name: loaded.tasks[name] for name in CORE_TASKS}
     base = Variant("base")
     if point["method"] == "base":
-        return study.evaluate_per_item(loaded.model, [base], tasks, progress=False)
-    cfg = study.smollm2_rmu_config(seed=0)
+        return evaluate_per_item(loaded.model, [base], tasks, progress=False)
+    cfg = smollm2_rmu_config(seed=0)
     changes = {"lr": point["lr"]}
     changes |= (
         {"adaptive_beta": point["coef"]}
         if point["method"] == "adaptive_rmu"
         else {"steering_coef": point["coef"]}
     )
-    cfg = study.with_changes(cfg, **changes)
+    cfg = with_changes(cfg, **changes)
     names = [models.mlp_out_param(layer) for layer in cfg.update_layers]
     with restored_weights(loaded.model, names):
         result = rmu.train_rmu(
@@ -62,7 +68,7 @@ def measure(loaded: study.Study, point: dict) -> pd.DataFrame:
             cfg,
             progress=False,
         )
-        table = study.evaluate_per_item(loaded.model, [base], tasks, progress=False)
+        table = evaluate_per_item(loaded.model, [base], tasks, progress=False)
     return table.assign(steering_coef_used=float(result.coefficients.mean()))
 
 
@@ -79,11 +85,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
-    run = RunDir(RESULTS / "smollm2_rmu_settings_run")
-    loaded = study.load_study(run, study.fetch_assets(run, None, True), [0], "chemistry", "cpu")
+    loaded = build_study(asset_paths(None, True), [0], "chemistry", "cpu")
     table = analysis.run_sweep(points(), lambda p: measure(loaded, p),
                                table_path=RESULTS / "smollm2_rmu_settings.csv",
-                               settings={"tasks": CORE_TASKS, "items": study.MAX_ITEMS_PER_TASK},
+                               settings={"tasks": CORE_TASKS, "items": MAX_ITEMS_PER_TASK},
                                desc="settings")  # fmt: skip
     summary = choose(table, loaded.data.forget_tasks)
     summary.to_csv(RESULTS / "smollm2_rmu_settings_summary.csv", index=False)

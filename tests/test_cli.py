@@ -1,6 +1,6 @@
 """The command line: options generated from RMUConfig, declared once, handed to pipeline jobs.
 
-Fast: no test here trains or loads a model; ``models.load_model`` and ``run_experiment`` are
+Fast: no test here trains or loads a model; ``models.load_model`` and ``run_checkpoint`` are
 replaced where a command would reach them. The commands end to end are tested beside their
 library modules (test_rmu, test_directions, test_evaluation, test_pipeline, test_reliability).
 """
@@ -214,7 +214,7 @@ def test_dtype_and_device_reach_the_model_loader(argv, files, load_model_calls, 
     ("argv", "job"),
     [
         (["demo", "--out", "out"], "run_demo"),
-        (["demo", "--model", "smollm2-135m", "--out", "out"], "run_model_demo"),
+        (["demo", "--model", "smollm2-135m", "--out", "out"], "run_study"),
         (["figures", "--out", "figs"], "make_figures"),
     ],
     ids=["demo", "model-demo", "figures"],
@@ -242,14 +242,14 @@ def test_a_dtype_other_than_float32_is_part_of_a_runs_settings():
 
 @pytest.fixture
 def experiment_calls(monkeypatch):
-    """``run_experiment``'s keyword arguments; it returns no metrics, so the job stops there."""
+    """``run_checkpoint``'s keyword arguments; it returns no metrics, so the job stops there."""
     calls = []
 
     def fake(out, **kwargs):
         calls.append(kwargs)
         raise Stop("stopped before the experiment")
 
-    monkeypatch.setattr(jobs, "run_experiment", fake)
+    monkeypatch.setattr(jobs, "run_checkpoint", fake)
     return calls
 
 

@@ -1,4 +1,4 @@
-"""The depth profile's plumbing (analysis.questions, pipeline.depth, pipeline.depth_report): question
+"""The depth profile's plumbing (analysis.questions, pipeline.depth.step, pipeline.depth.summary): question
 sets joined across tasks, the report's summary and metrics from the four tables, the real-model
 inputs. The measurements themselves are tested in test_probes, test_lens and test_similarity; the
 step on the organism in test_pipeline."""
@@ -14,9 +14,9 @@ from unlearn_interp.analysis.probes import Readouts, readouts
 from unlearn_interp.analysis.questions import QuestionSet, question_set
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.pipeline import depth_report
-from unlearn_interp.pipeline.depth import study_depth_inputs
-from unlearn_interp.pipeline.steps import Task
+from unlearn_interp.pipeline.depth import summary as depth_report
+from unlearn_interp.pipeline.depth.step import question_depth_inputs
+from unlearn_interp.pipeline.subject import Subject, Task
 
 ITEMS = [MCQItem(f"What is thing {i}?", ["red", "blue", "green", "gold"], i % 4) for i in range(6)]
 OTHER = [MCQItem(f"Which place {i}?", ["north", "south", "east", "west"], 3) for i in range(4)]
@@ -40,13 +40,16 @@ def test_joining_sets_with_different_numbers_of_choices_is_refused(tiny_model):
         QuestionSet.concat([question_set(tiny_model, ITEMS), question_set(tiny_model, three)])
 
 
-def test_study_inputs_join_the_forget_tasks_and_keep_the_retain_ones_apart(tiny_model):
-    tasks = {"sci": Task(ITEMS, "continuation"), "geo": Task(OTHER, "continuation")}
-    inputs = study_depth_inputs(tiny_model, tasks, ["sci", "geo"], ["geo"],
-                                {"forget": ["a"], "retain": ["b"]}, ["text"], layer=1)  # fmt: skip
+def test_question_inputs_join_the_gap_tasks_and_keep_the_retain_ones_apart(tiny_model):
+    tasks = {"sci": Task(ITEMS, "continuation"), "bio": Task(OTHER, "continuation"),
+             "geo": Task(OTHER, "continuation"), "arc": Task(ITEMS, "continuation")}  # fmt: skip
+    subject = Subject(tiny_model, "tiny", tasks, forget_tasks=("sci", "bio"),
+                      prompts={"forget": ["a"], "retain": ["b"]}, layer=1,
+                      retain_corpora=[["text"]], report_only=("arc",))  # fmt: skip
+    inputs = question_depth_inputs(subject)
     assert len(inputs.probe_sets["choice"]) == 10 and len(inputs.lens_sets["retain"]) == 4
     assert inputs.probe_sets["choice"].groups[0] == "sci:0"  # each question its own group
-    assert inputs.relearn_texts is None
+    assert inputs.relearn_texts is None and list(inputs.lens_texts) == ["text"]
 
 
 def synthetic_tables() -> dict[str, pd.DataFrame]:

@@ -26,7 +26,7 @@ from unlearn_interp.executors import (
     TaskFailed,
     make_executor,
 )
-from unlearn_interp.pipeline.demo import organism_rmu_config
+from unlearn_interp.pipeline.organism_demo import organism_rmu_config
 
 COEFS = [30.0, 300.0, 3000.0]  # with the base: a 4-point coefficient sweep
 

@@ -6,6 +6,7 @@ run's job, unfinished or corrupt runs refused)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -15,14 +16,24 @@ import pandas as pd
 import pytest
 import torch
 
-from unlearn_interp import cli, models, organism, pipeline, plotting, real_data
+from unlearn_interp import cli, evaluation, models, organism, pipeline, plotting, real_data
 from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.attacks.finetune import FinetuneConfig
 from unlearn_interp.data import QA_TEMPLATE, MCQItem
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.pipeline import jobs, ledger, ledger_parts, ledger_subjects, steps, study_config
-from unlearn_interp.pipeline.run_variants import RunVariants
+from unlearn_interp.pipeline import jobs
+from unlearn_interp.pipeline.ledger import parts as ledger_parts
+from unlearn_interp.pipeline.ledger import step as ledger
+from unlearn_interp.pipeline.ledger import subjects as ledger_subjects
+from unlearn_interp.pipeline.ledger import table as ledger_table
 from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.pipeline.step import Report, Run, run_pipeline, run_steps
+from unlearn_interp.pipeline.steps.accuracy import accuracy_tables
+from unlearn_interp.pipeline.steps.directions import Directions
+from unlearn_interp.pipeline.study import config as study_config
+from unlearn_interp.pipeline.study.run import study_steps
+from unlearn_interp.pipeline.subject import Task
+from unlearn_interp.pipeline.variants import RunVariants
 from unlearn_interp.real_data.cloze import CLOZE_TEMPLATE, cloze_items
 from unlearn_interp.variants import Variant
 
@@ -41,9 +52,16 @@ ATTACKS = {"none", "ablation", "quantize", "relearn", "benign_finetune"}
 def plain_unlearned_items(org: organism.Organism, run) -> pd.DataFrame:
     """Every question's answer of the run's plain unlearned model (no attack)."""
     variant = RunVariants(RunDir(run)).variant("rmu")
-    tasks = {name: steps.Task(items, org.mcq_mode, org.qa_template)
-             for name, items in org.mcq.items()}  # fmt: skip
-    return steps.accuracy_tables(org.model, [variant], tasks, progress=False)[1]
+    tasks = {name: Task(items, org.mcq_mode, org.qa_template) for name, items in org.mcq.items()}
+    return accuracy_tables(org.model, [variant], tasks, progress=False)[1]
+
+
+def demo_ledger(out, org, settings=SETTINGS, **kwargs) -> pd.DataFrame:
+    """The ledger of demo run ``out`` on the given organism: the demo's pipeline resumed with the
+    ledger as its last step."""
+    pipeline.run_demo(out, size="test", org=org, cache_dir=org.cache_path.parent, progress=False,
+                      ledger=settings, **kwargs)  # fmt: skip
+    return pd.read_csv(out / RunFiles.LEDGER)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +74,7 @@ def ledger_run(organism_test, tmp_path_factory):
     org = organism.load_organism("test", cache_dir=cache, progress=False)  # our own copy
     weights = {n: p.detach().clone() for n, p in org.model.named_parameters()}
     before = plain_unlearned_items(org, out)
-    table = ledger.run_ledger(out, settings=SETTINGS, cache_dir=cache, org=org, progress=False)
+    table = demo_ledger(out, org)
     after = plain_unlearned_items(org, out)
     return {"out": out, "org": org, "table": table, "weights": weights, "before": before,
             "after": after, "cache": cache}  # fmt: skip
@@ -65,7 +83,7 @@ def ledger_run(organism_test, tmp_path_factory):
 @pytest.mark.slow
 def test_ledger_has_every_attack_and_column(ledger_run):
     table = ledger_run["table"]
-    assert list(table.columns) == list(ledger.COLUMNS)
+    assert list(table.columns) == list(ledger_table.COLUMNS)
     assert set(table["attack"]) == ATTACKS
     assert set(table["task"]) == {"forget_T", "forget_V", "retain"}
     assert set(table["model"]) == {"unlearned", "base", "oracle"}
@@ -159,7 +177,7 @@ def test_ledger_writes_its_table_figure_and_report_section(ledger_run):
     out = ledger_run["out"]
     assert (out / "tables/ledger.csv").is_file() and (out / "figures/ledger.html").is_file()
     report = (out / "report.md").read_text()
-    assert report.count(ledger.SECTION) == 1 and report.startswith("# RMU is mostly shallow")
+    assert report.count(ledger_table.SECTION) == 1 and report.startswith("# RMU is mostly shallow")
     assert json.loads((out / "config.json").read_text())["ledger"]["n_boot"] == 200
 
 
@@ -169,11 +187,14 @@ def test_demo_with_the_ledger_reports_it_and_keeps_every_other_metric(ledger_run
     before = json.loads((out / "metrics.json").read_text())
     before.pop("ledger", None)
     # resumed: every demo step and ledger part is already there, so nothing is scored again
-    monkeypatch.setattr(steps, "accuracy_tables", lambda *a, **k: pytest.fail("scored again"))
+    monkeypatch.setattr(evaluation, "accuracy_table", lambda *a, **k: pytest.fail("scored again"))
     metrics = pipeline.run_demo(out, size="test", cache_dir=ledger_run["cache"], progress=False,
                                 ledger=SETTINGS)  # fmt: skip
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    assert {k: v for k, v in metrics.items() if k != "ledger"} == before
+    timeless = ("ledger", "seconds")
+    assert {k: v for k, v in metrics.items() if k not in timeless} == {
+        k: v for k, v in before.items() if k not in timeless
+    }
     entry = metrics["ledger"]
     assert entry["task"] == "forget_V"
     assert set(entry["gap_recovered"]) == ATTACKS - {"none"}
@@ -188,7 +209,7 @@ def test_demo_with_the_ledger_reports_it_and_keeps_every_other_metric(ledger_run
     assert gaps["relearn"][ledger_parts.finetune_setting(SETTINGS.finetune[0])]["step"] == 4
     assert set(entry["oracle_accuracy_before_finetuning"]) == {"forget_T", "forget_V", "retain"}
     report = (out / "report.md").read_text()
-    assert report.count(ledger.SECTION) == 1 and "figures/ledger.html" in report
+    assert report.count(ledger_table.SECTION) == 1 and "figures/ledger.html" in report
     assert "| attack | setting | step | unlearned | control | control gap | base |" in report
     assert "recovery ledger, gap recovered on forget_V" in jobs.demo_summary(metrics, str(out))
 
@@ -198,11 +219,10 @@ def test_rerun_resumes_without_recomputing(ledger_run, monkeypatch):
     def must_not_score(*args, **kwargs):
         raise AssertionError("the ledger scored a model again")
 
-    monkeypatch.setattr(steps, "accuracy_tables", must_not_score)
-    again = ledger.run_ledger(ledger_run["out"], settings=SETTINGS, org=ledger_run["org"],
-                              progress=False)  # fmt: skip
+    monkeypatch.setattr(evaluation, "accuracy_table", must_not_score)
+    again = demo_ledger(ledger_run["out"], ledger_run["org"])
     pd.testing.assert_frame_equal(again, ledger_run["table"])
-    assert (ledger_run["out"] / "report.md").read_text().count(ledger.SECTION) == 1
+    assert (ledger_run["out"] / "report.md").read_text().count(ledger_table.SECTION) == 1
 
 
 def finetune_failing_at_seed_1(monkeypatch, error: BaseException | type[BaseException]):
@@ -246,12 +266,12 @@ def test_interrupted_ledger_resumes_at_the_first_unfinished_part(ledger_run, tmp
         path.unlink()
     finetune = finetune_failing_at_seed_1(monkeypatch, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
-        ledger.run_ledger(run, settings=SETTINGS, org=ledger_run["org"], progress=False)
+        demo_ledger(run, ledger_run["org"])
     assert (run / "tables/ledger_finetune_seed0_per_item.csv").is_file()
     assert not (run / "tables/ledger_finetune_seed1_per_item.csv").exists()
     assert not list(run.rglob("*.tmp"))
     only_finetune_seed_1_may_run(monkeypatch, finetune)
-    table = ledger.run_ledger(run, settings=SETTINGS, org=ledger_run["org"], progress=False)
+    table = demo_ledger(run, ledger_run["org"])
     pd.testing.assert_frame_equal(table, ledger_run["table"])
 
 
@@ -259,7 +279,7 @@ def test_interrupted_ledger_resumes_at_the_first_unfinished_part(ledger_run, tmp
 def test_resuming_with_other_settings_is_refused(ledger_run):
     other = ledger.LedgerSettings(n_boot=100, finetune=SETTINGS.finetune)
     with pytest.raises(UnlearnInterpError, match="other settings"):
-        ledger.run_ledger(ledger_run["out"], settings=other, org=ledger_run["org"])
+        demo_ledger(ledger_run["out"], ledger_run["org"], settings=other)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,9 +335,19 @@ def test_cli_ledger_on_corrupt_weights_exits_2_before_loading_the_organism(
 
 
 def test_cli_ledger_prints_the_headline_rows(tmp_path, monkeypatch, capsys):
-    table = ledger.ledger_table(every_attack_items(), ledger_parts.FORGET_TASKS, n_boot=50)
-    monkeypatch.setattr(jobs, "run_ledger", lambda run, **kwargs: table)
-    assert cli.main(["-q", "ledger", "--run", str(tmp_path)]) == 0
+    table = ledger_table.ledger_table(every_attack_items(), ledger_subjects.FORGET_TASKS, n_boot=50)
+    monkeypatch.setattr(jobs, "finished_demo_settings", lambda run: {"job": "demo", "size": "test",
+                                                                     "seed": 0})  # fmt: skip
+    seen = {}
+
+    def fake_demo(run, **kwargs):
+        seen.update(kwargs)
+        (tmp_path / "tables").mkdir()
+        table.to_csv(tmp_path / RunFiles.LEDGER, index=False)
+
+    monkeypatch.setattr(jobs, "run_demo", fake_demo)
+    assert cli.main(["-q", "ledger", "--run", str(tmp_path), "--force"]) == 0
+    assert seen["recompute"] == ["ledger"] and seen["size"] == "test" and not seen["depth"]
     printed = capsys.readouterr().out
     assert printed.startswith("gap recovered on forget_V") and "relearn" in printed
 
@@ -340,7 +370,7 @@ def synthetic_items() -> pd.DataFrame:
 
 
 def test_ledger_table_measures_gap_recovered_on_one_scale():
-    table = ledger.ledger_table(synthetic_items(), ["forget_V"], n_boot=100)
+    table = ledger_table.ledger_table(synthetic_items(), ["forget_V"], n_boot=100)
     attacked = table[(table["attack"] == "ablation") & (table["task"] == "forget_V")].iloc[0]
     assert math.isclose(attacked["gap_recovered"], 2 / 3)
     assert attacked["ci_low"] <= 2 / 3 <= attacked["ci_high"]
@@ -357,7 +387,7 @@ def test_ledger_table_averages_and_resamples_fine_tuning_seeds():
             tuned += [("relearn", "lr=1", "unlearned", 2, task, i, c, seed)
                       for i, c in enumerate(answers)]  # fmt: skip
     per_item = pd.concat([plain, pd.DataFrame(tuned, columns=list(ledger_parts.ITEM_COLUMNS))])
-    table = ledger.ledger_table(per_item, ["forget_V"], n_boot=200)
+    table = ledger_table.ledger_table(per_item, ["forget_V"], n_boot=200)
     row = table[(table["attack"] == "relearn") & (table["task"] == "forget_V")].iloc[0]
     assert math.isclose(row["accuracy"], 0.625)  # the mean of the two seeds' 1.0 and 0.25
     assert math.isclose(row["gap_recovered"], 0.5)
@@ -371,7 +401,7 @@ def test_ledger_settings_refuse_bad_fine_tuning_seeds(seeds):
 
 
 def test_plot_ledger_draws_bars_and_refuses_a_table_without_intervals():
-    table = ledger.ledger_table(synthetic_items(), ["forget_V"], n_boot=50)
+    table = ledger_table.ledger_table(synthetic_items(), ["forget_V"], n_boot=50)
     fig = plotting.plot_ledger(table)
     assert fig.data and "forget_V" in fig.layout.title.text
     with pytest.raises(UnlearnInterpError, match="ci_low"):
@@ -403,10 +433,10 @@ def every_attack_items(n: int = 12) -> pd.DataFrame:
 
 
 def test_report_section_and_metrics_pair_each_attack_with_its_control(tmp_path):
-    table = ledger.ledger_table(every_attack_items(), ledger_parts.FORGET_TASKS, n_boot=50)
-    section = ledger.ledger_markdown(table, figure_png=True)
+    table = ledger_table.ledger_table(every_attack_items(), ledger_subjects.FORGET_TASKS, n_boot=50)
+    section = ledger_table.ledger_markdown(table, figure_png=True)
     assert (
-        section.startswith(ledger.SECTION) and "![recovery ledger](figures/ledger.png)" in section
+        section.startswith(ledger_table.SECTION) and "![recovery ledger](figures/ledger.png)" in section
     )
     rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
     assert len(rows) == 5  # 2 ablations, 1 quantisation, relearning, benign fine-tuning
@@ -414,7 +444,7 @@ def test_report_section_and_metrics_pair_each_attack_with_its_control(tmp_path):
         "| ablation | per_layer | 0 | 0.33 [" in section
         and "unlearned: random_per_layer" in section
     )
-    entry = ledger.ledger_metrics(table)
+    entry = ledger_table.ledger_metrics(table)
     assert entry["task"] == "forget_V"
     relearn = entry["gap_recovered"]["relearn"]["lr=0.001,params=all,steps=2"]
     assert relearn["step"] == 2 and relearn["control"]["model_setting"].startswith("oracle: ")
@@ -423,21 +453,15 @@ def test_report_section_and_metrics_pair_each_attack_with_its_control(tmp_path):
         "base: rtn_4bit_g64"
     )
     assert entry["oracle_accuracy_before_finetuning"]["forget_V"] == 0.5
-    run = RunDir(tmp_path)
-    (tmp_path / "report.md").write_text("# A demo report\n")
-    ledger.write_report_section(run, table)
-    ledger.write_report_section(run, table)  # replaces its own section
-    report = (tmp_path / "report.md").read_text()
-    assert report.startswith("# A demo report") and report.count(ledger.SECTION) == 1
 
 
 def test_report_without_an_oracle_says_so_and_reads_relearning_against_unrelated_text():
     items = every_attack_items()
-    table = ledger.ledger_table(items[items["model"] != "oracle"], ledger_parts.FORGET_TASKS,
+    table = ledger_table.ledger_table(items[items["model"] != "oracle"], ledger_subjects.FORGET_TASKS,
                                 n_boot=50)  # fmt: skip
-    section = ledger.ledger_markdown(table)
+    section = ledger_table.ledger_markdown(table)
     assert "no oracle twin" in section and "oracle twin that never saw" not in section
-    entry = ledger.ledger_metrics(table)
+    entry = ledger_table.ledger_metrics(table)
     gaps = entry["gap_recovered"]
     setting = "lr=0.001,params=all,steps=2"
     assert gaps["relearn"][setting]["control"]["model_setting"] == (
@@ -449,7 +473,7 @@ def test_report_without_an_oracle_says_so_and_reads_relearning_against_unrelated
 
 @pytest.mark.parametrize("attack", ["relearn", "benign_finetune", "quantize", "ablation"])
 def test_control_key_claims_no_oracle_without_one(attack):
-    assert ledger.control_key(attack, "junk_direction", oracle=False)[2] != "oracle"
+    assert ledger_table.control_key(attack, "junk_direction", oracle=False)[2] != "oracle"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,7 +510,7 @@ def tiny_study(model) -> study_config.Study:
                               report_only=("mmlu_x_letter",))  # fmt: skip
 
 
-def make_model_demo_run(root, model, prompts) -> RunDir:
+def make_model_demo_run(root, study: study_config.Study) -> RunDir:
     """A finished real-model demo run's files: settings, and seed 0's weights (block 1's MLP
     output changed) and directions."""
     run = RunDir(root)
@@ -494,18 +518,18 @@ def make_model_demo_run(root, model, prompts) -> RunDir:
                         "topic": "x", "rmu": {}})  # fmt: skip
     sub = RunDir(root / "seeds/rmu-seed0")
     name = models.mlp_out_param(1)
-    base = dict(model.named_parameters())[name].detach().clone()
+    base = dict(study.model.named_parameters())[name].detach().clone()
     models.save_weights({name: base}, sub.path(RunFiles.BASE_WEIGHTS))
     models.save_weights({name: base + torch.randn_like(base)}, sub.path(RunFiles.UNLEARNED_WEIGHTS))
-    settings = steps.DirectionSettings(layer=1, seed=0, batch_size=8, subspace_layers=(1, 2))
-    steps.step_directions(sub, model, RunVariants(sub), prompts, settings)
+    subject = dataclasses.replace(study.subject(), layer=1, seed=0, variants_folder="")
+    run_steps(Run(sub, subject, progress=False), [Directions(subspace_layers=(1, 2))])
     return run
 
 
 @pytest.fixture
 def real_run(tmp_path, tiny_model):
     loaded = tiny_study(tiny_model)
-    make_model_demo_run(tmp_path / "run", tiny_model, loaded.data.forget_prompts)
+    make_model_demo_run(tmp_path / "run", loaded)
     return tmp_path / "run", loaded
 
 
@@ -524,11 +548,11 @@ def test_split_by_group_keeps_a_group_on_one_side_and_is_seeded():
 def test_scored_items_answer_exactly_as_the_study_scores_them(tiny_model):
     loaded = tiny_study(tiny_model)
     for name in ("sciq_x", "cloze_x"):
-        study_task = steps.Task(loaded.data.tasks[name], **loaded.data.eval_kwargs(name))
-        ledger_task = steps.Task(ledger_subjects.as_scored(loaded, name), "continuation",
-                                 ledger_subjects.CONTEXT_TEMPLATE)  # fmt: skip
-        _, a = steps.accuracy_tables(tiny_model, [Variant("m")], {"t": study_task}, progress=False)
-        _, b = steps.accuracy_tables(tiny_model, [Variant("m")], {"t": ledger_task}, progress=False)
+        study_task = loaded.tasks[name]
+        ledger_task = Task(ledger_subjects.as_scored(study_task, name), "continuation",
+                           ledger_subjects.CONTEXT_TEMPLATE)  # fmt: skip
+        _, a = accuracy_tables(tiny_model, [Variant("m")], {"t": study_task}, progress=False)
+        _, b = accuracy_tables(tiny_model, [Variant("m")], {"t": ledger_task}, progress=False)
         assert a["correct"].tolist() == b["correct"].tolist()
         assert a["predicted"].tolist() == b["predicted"].tolist()
 
@@ -537,7 +561,7 @@ def test_real_model_subject_splits_the_gap_tasks_and_relearns_on_t_only(tiny_mod
     loaded = tiny_study(tiny_model)
     variants = RunVariants(RunDir(tmp_path))  # read lazily: no file needed here
     everything = {"forget_T": 100, "forget_V": 100, "retain": 4}
-    subject = ledger_subjects.model_demo_subject(variants, loaded, seed=0, items=everything)
+    subject = ledger_subjects.question_subject(variants, loaded.subject(), seed=0, items=everything)
     tasks = subject.tasks
     assert list(tasks) == ["forget_T", "forget_V", "retain"]
     t, v = ({i.question for i in tasks[p].items} for p in ("forget_T", "forget_V"))
@@ -550,8 +574,8 @@ def test_real_model_subject_splits_the_gap_tasks_and_relearns_on_t_only(tiny_mod
                                      for i in tasks["forget_T"].items]  # fmt: skip
     assert subject.relearn_texts[0].startswith(("Question: Which word", "The word for"))
     assert not any(q in text for text in subject.relearn_texts for q in v)
-    capped = ledger_subjects.model_demo_subject(
-        variants, loaded, seed=0, items={"forget_T": 1, "forget_V": 2, "retain": 3}
+    capped = ledger_subjects.question_subject(
+        variants, loaded.subject(), seed=0, items={"forget_T": 1, "forget_V": 2, "retain": 3}
     )
     sizes = ledger_subjects.task_sizes(capped.tasks)
     assert sizes == {"forget_T": 2, "forget_V": 4, "retain": 3}  # per study task: 2 gap tasks
@@ -559,9 +583,18 @@ def test_real_model_subject_splits_the_gap_tasks_and_relearns_on_t_only(tiny_mod
     assert subject.benign_texts == loaded.data.retain_corpus
 
 
+def study_ledger(out, loaded, settings=REAL_SETTINGS, executor=None) -> pd.DataFrame:
+    """The ledger step alone on real-model run ``out`` (its first seed's files are there)."""
+    run = Run(RunDir(out), loaded.subject(), progress=False)
+    ledger.check_ledger_settings(run.dir, settings)
+    steps = [ledger.Ledger(ledger.question_ledger_subject, settings, executor)]
+    run_pipeline(run, steps, Report("A real model's ledger"))
+    return pd.read_csv(out / RunFiles.LEDGER)
+
+
 def test_real_model_ledger_attacks_the_first_seed_without_an_oracle(real_run):
     out, loaded = real_run
-    table = ledger.run_ledger(out, settings=REAL_SETTINGS, study=loaded, progress=False)
+    table = study_ledger(out, loaded)
     assert set(table["attack"]) == ATTACKS and set(table["model"]) == {"unlearned", "base"}
     assert set(table["task"]) == {"forget_T", "forget_V", "retain"}
     assert table[["accuracy", "accuracy_ci_low", "accuracy_ci_high"]].notna().all().all()
@@ -569,32 +602,30 @@ def test_real_model_ledger_attacks_the_first_seed_without_an_oracle(real_run):
     n = table.drop_duplicates("task").set_index("task")["n"]
     assert (n["forget_T"] + n["forget_V"], n["retain"]) == (14, 10)
     report = (out / "report.md").read_text()
-    assert report.count(ledger.SECTION) == 1 and "no oracle twin" in report
+    assert report.count(ledger_table.SECTION) == 1 and "no oracle twin" in report
     assert (out / "tables/ledger_finetune_seed0_per_item.csv").is_file()
     assert not (out / "seeds/rmu-seed0/tables/ledger.csv").exists()
 
 
-def test_real_model_ledger_defaults_to_its_own_settings_and_loads_the_runs_study(
-    real_run, monkeypatch
-):
-    out, loaded = real_run
-    asked = {}
+def test_real_model_study_ends_with_its_own_ledger_on_the_first_seed(tiny_model):
+    loaded = tiny_study(tiny_model)
+    last = study_steps(loaded)[-1]
+    assert isinstance(last, ledger.Ledger) and last.settings == ledger.MODEL_DEMO_SETTINGS
+    assert loaded.subject().variants_folder == "seeds/rmu-seed0"
 
-    def fake_build(paths, seeds, topic, device, dtype):
-        asked.update(seeds=seeds, topic=topic, dtype=dtype)
-        return loaded
 
-    monkeypatch.setattr(ledger, "asset_paths", lambda cache_dir, progress: {})
-    monkeypatch.setattr(ledger, "build_study", fake_build)
+def test_cli_ledger_resumes_a_real_model_demo_with_its_settings(real_run, monkeypatch, capsys):
+    out, _ = real_run
     seen = {}
-    monkeypatch.setattr(ledger, "_run_parts", lambda run, subject, settings, force, executor:
-                        seen.update(subject=subject, settings=settings) or pd.DataFrame())  # fmt: skip
-    ledger.run_ledger(out, progress=False)
-    assert asked == {"seeds": [0], "topic": "x", "dtype": torch.float32}
-    assert seen["settings"] == ledger.MODEL_DEMO_SETTINGS
-    assert seen["subject"].variants.run.root == out / "seeds/rmu-seed0"
-    assert json.loads((out / "config.json").read_text())["ledger"] == (
-        ledger.MODEL_DEMO_SETTINGS.to_dict()
+
+    def fake_study(run, **kwargs):
+        seen.update(kwargs)
+        raise UnlearnInterpError("stopped here")
+
+    monkeypatch.setattr(jobs, "run_study", fake_study)
+    assert cli.main(["ledger", "--run", str(out)]) == 2
+    assert (seen["seeds"], seen["topic"], seen["dtype"], seen["recompute"]) == (
+        [0], "x", torch.float32, []
     )
 
 
@@ -611,6 +642,6 @@ def test_cli_ledger_on_corrupt_real_model_weights_exits_2_before_loading(
 ):
     out, _ = real_run
     (out / "seeds/rmu-seed0" / RunFiles.UNLEARNED_WEIGHTS).write_bytes(b"not safetensors")
-    monkeypatch.setattr(ledger, "asset_paths", lambda *a, **k: pytest.fail("study loaded"))
+    monkeypatch.setattr(jobs, "run_study", lambda *a, **k: pytest.fail("study loaded"))
     assert cli.main(["ledger", "--run", str(out)]) == 2
     assert "not a readable safetensors file" in one_error_line(capsys)

@@ -1,4 +1,4 @@
-"""The recovery ledger's parts on an executor (issue 16): serially and on a 2-worker local Ray
+"""The recovery ledger's parts on an executor: serially and on a 2-worker local Ray
 the ledger tables are identical; a ledger interrupted on one finishes on the other with the same
 table, computing only the parts it lacked; a part failing on every Ray attempt is reported once
 every other part is written, never silently left out of the table; the shipped context pickles
@@ -17,20 +17,25 @@ import pytest
 import torch
 from test_ledger import (
     REAL_SETTINGS,
+    demo_ledger,
     finetune_failing_at_seed_1,
     make_model_demo_run,
     only_finetune_seed_1_may_run,
+    study_ledger,
     tiny_study,
 )
 
-from unlearn_interp import cli, models, organism, pipeline
+from unlearn_interp import cli, models, organism, pipeline, plotting
 from unlearn_interp.attacks.finetune import FinetuneConfig
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.executors import TaskFailed
 from unlearn_interp.organism.oracle import split_facts
-from unlearn_interp.pipeline import jobs, ledger, ledger_parts, ledger_subjects, steps
-from unlearn_interp.pipeline.run_variants import RunVariants
+from unlearn_interp.pipeline import jobs
+from unlearn_interp.pipeline.ledger import parts as ledger_parts
+from unlearn_interp.pipeline.ledger import step as ledger
+from unlearn_interp.pipeline.ledger import subjects as ledger_subjects
 from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.pipeline.variants import RunVariants
 
 pytest.importorskip("ray")  # a guard only: the dev extra installs Ray
 
@@ -42,11 +47,9 @@ PARTS = ["reference", "ablation", "quantize", "finetune_seed0", "finetune_seed1"
 @pytest.fixture(scope="module", autouse=True)
 def html_figures():
     """The ledger's figure as HTML only: PNG export takes seconds and is not what is tested."""
-    save = steps.save_figures
+    save = plotting.save_figure
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            steps, "save_figures", lambda run, figures, *formats: save(run, figures, ["html"])
-        )
+        patch.setattr(plotting, "save_figure", lambda fig, path, *a, **k: save(fig, path, ["html"]))
         yield
 
 
@@ -57,7 +60,7 @@ def demo_run(tokenizer, tmp_path_factory):
     model = models.random_model(n_layers=3, d_model=32, n_heads=4, n_ctx=64, tokenizer=tokenizer)
     loaded = tiny_study(model)
     root = tmp_path_factory.mktemp("ledger_executor") / "run"
-    make_model_demo_run(root, model, loaded.data.forget_prompts)
+    make_model_demo_run(root, loaded)
     return root, loaded
 
 
@@ -67,7 +70,7 @@ def serial(demo_run, tmp_path_factory):
     root, loaded = demo_run
     out = tmp_path_factory.mktemp("serial") / "run"
     shutil.copytree(root, out)
-    table = ledger.run_ledger(out, settings=SETTINGS, study=loaded, progress=False)
+    table = study_ledger(out, loaded, SETTINGS)
     return out, table
 
 
@@ -89,8 +92,7 @@ def part_seconds(run) -> dict[str, float]:
 def test_ledger_on_two_ray_workers_equals_the_serial_ledger(demo_run, serial, ray_executor,
                                                             tmp_path):  # fmt: skip
     run = copy_of(demo_run, tmp_path)
-    table = ledger.run_ledger(run, settings=SETTINGS, study=demo_run[1], progress=False,
-                              executor=ray_executor)  # fmt: skip
+    table = study_ledger(run, demo_run[1], SETTINGS, ray_executor)
     pd.testing.assert_frame_equal(table, serial[1])
     assert len(table) == len(serial[1]) > 0
     assert part_bytes(run) == part_bytes(serial[0])  # every part's rows, byte for byte
@@ -102,13 +104,12 @@ def test_interrupted_serial_ledger_finishes_on_ray(demo_run, serial, ray_executo
     run = copy_of(demo_run, tmp_path)
     finetune = finetune_failing_at_seed_1(monkeypatch, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
-        ledger.run_ledger(run, settings=SETTINGS, study=demo_run[1], progress=False)
+        study_ledger(run, demo_run[1], SETTINGS)
     finished = part_seconds(run)
     assert set(finished) == set(PARTS) - {"finetune_seed1"}
     assert not (run / "tables/ledger.csv").exists() and not list(run.rglob("*.tmp"))
     only_finetune_seed_1_may_run(monkeypatch, finetune)
-    table = ledger.run_ledger(run, settings=SETTINGS, study=demo_run[1], progress=False,
-                              executor=ray_executor)  # fmt: skip
+    table = study_ledger(run, demo_run[1], SETTINGS, ray_executor)
     pd.testing.assert_frame_equal(table, serial[1])
     assert {k: v for k, v in part_seconds(run).items() if k in finished} == finished
 
@@ -119,8 +120,7 @@ def test_a_part_failing_twice_on_ray_is_reported_and_the_ledger_finishes_seriall
     run = copy_of(demo_run, tmp_path)
     finetune = finetune_failing_at_seed_1(monkeypatch, RuntimeError("no memory left for seed 1"))
     with pytest.raises(ledger_parts.LedgerPartsFailed, match="finetune_seed1") as raised:
-        ledger.run_ledger(run, settings=SETTINGS, study=demo_run[1], progress=False,
-                          executor=ray_executor)  # fmt: skip
+        study_ledger(run, demo_run[1], SETTINGS, ray_executor)
     failed = TaskFailed("RuntimeError: no memory left for seed 1", attempts=2)
     assert raised.value.failed == {"finetune_seed1": failed}
     assert "run the ledger again" in str(raised.value)
@@ -128,7 +128,7 @@ def test_a_part_failing_twice_on_ray_is_reported_and_the_ledger_finishes_seriall
     assert set(finished) == set(PARTS) - {"finetune_seed1"}  # every other part written
     assert not (run / "tables/ledger.csv").exists()  # no table lacking the failed part
     only_finetune_seed_1_may_run(monkeypatch, finetune)
-    table = ledger.run_ledger(run, settings=SETTINGS, study=demo_run[1], progress=False)
+    table = study_ledger(run, demo_run[1], SETTINGS)
     pd.testing.assert_frame_equal(table, serial[1])
     assert {k: v for k, v in part_seconds(run).items() if k in finished} == finished
 
@@ -137,7 +137,7 @@ def test_the_shipped_parts_hold_the_model_once_and_compute_the_same_rows(demo_ru
     run = RunDir(copy_of(demo_run, tmp_path))
     loaded = demo_run[1]
     variants = RunVariants(RunDir(run.path("seeds/rmu-seed0")))
-    subject = ledger_subjects.model_demo_subject(variants, loaded, 0)
+    subject = ledger_subjects.question_subject(variants, loaded.subject(), 0)
     context = ledger_parts.LedgerContext(run, subject, batch_size=8)
     task = ledger_parts.PartTask(ledger_parts.planned_parts(context))
     shipped = cloudpickle.dumps(task)
@@ -148,16 +148,12 @@ def test_the_shipped_parts_hold_the_model_once_and_compute_the_same_rows(demo_ru
     assert seconds > 0
 
 
-def test_cli_ledger_computes_the_missing_part_on_ray(demo_run, serial, ray_executor, tmp_path,
-                                                     monkeypatch, capsys):  # fmt: skip
+def test_a_missing_part_is_computed_again_on_ray(demo_run, serial, ray_executor, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(serial[0], run)
     (run / ledger_parts.part_file("quantize")).unlink()
-    monkeypatch.setattr(ledger, "asset_paths", lambda cache_dir, progress: {})
-    monkeypatch.setattr(ledger, "build_study", lambda *args: demo_run[1])
-    monkeypatch.setattr(ledger, "default_settings", lambda job: SETTINGS)
-    assert cli.main(["ledger", "--run", str(run), "--executor", "ray", "--workers", "2"]) == 0
-    assert capsys.readouterr().out == ledger.ledger_summary(serial[1], str(run))
+    table = study_ledger(run, demo_run[1], SETTINGS, ray_executor)
+    pd.testing.assert_frame_equal(table, serial[1])
     assert (run / "tables/ledger.csv").read_bytes() == (
         serial[0] / "tables/ledger.csv"
     ).read_bytes()
@@ -198,10 +194,8 @@ def test_organism_ledger_on_ray_equals_the_serial_ledger(organism_test, ray_exec
     shutil.copytree(first, second)
     org = organism.load_organism("test", cache_dir=cache, progress=False)  # our own copy
     weights = {n: p.detach().clone() for n, p in org.model.named_parameters()}
-    serial_table = ledger.run_ledger(first, settings=ORGANISM_SETTINGS, cache_dir=cache, org=org,
-                                     progress=False)  # fmt: skip
-    ray_table = ledger.run_ledger(second, settings=ORGANISM_SETTINGS, cache_dir=cache, org=org,
-                                  progress=False, executor=ray_executor)  # fmt: skip
+    serial_table = demo_ledger(first, org, ORGANISM_SETTINGS, depth=False)
+    ray_table = demo_ledger(second, org, ORGANISM_SETTINGS, depth=False, executor=ray_executor)
     pd.testing.assert_frame_equal(ray_table, serial_table)
     assert set(ray_table["model"]) == {"unlearned", "base", "oracle"}
     assert all(torch.equal(p, weights[n]) for n, p in org.model.named_parameters())

@@ -24,7 +24,7 @@ from unlearn_interp.analysis.lens import (
 from unlearn_interp.analysis.questions import QuestionSet, question_set
 from unlearn_interp.analysis.tuned_lens import TunedLens, fit_tuned_lens, lens_kl
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.pipeline.demo import organism_rmu_config
+from unlearn_interp.pipeline.organism_demo import organism_rmu_config
 from unlearn_interp.variants import Variant, applied, restore_weights
 
 MIDDLE = 1  # a middle layer of the 4-layer test organism (its RMU layer is 2)

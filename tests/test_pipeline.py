@@ -1,10 +1,9 @@
-"""pipeline (demo, steps, run directory) and the demo/run commands: the whole story end to end,
-resumable run directories."""
+"""pipeline (the organism demo, the shared steps, the step engine, run directories) and the
+demo/run commands: the whole story end to end, resumable run directories."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
@@ -13,8 +12,8 @@ from conftest import save_hf_checkpoint
 
 from unlearn_interp import cli, models, pipeline, rmu
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.pipeline import demo, depth_report, ledger
-from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.pipeline.depth.summary import SECTION as DEPTH_SECTION
+from unlearn_interp.pipeline.steps import profile
 
 RUN_FILES = [
     "config.json", "metrics.json", "report.md", "control_vectors.safetensors",
@@ -96,12 +95,12 @@ def test_second_demo_run_reuses_every_finished_step(demo_run, organism_test, mon
 
 def test_interrupted_demo_resumes_from_finished_steps(organism_test, tmp_path, monkeypatch):
     cache = organism_test.cache_path.parent
-    real = demo.step_layer_profile
+    real = profile.LayerProfile.compute
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo, "step_layer_profile", interrupted)
+    monkeypatch.setattr(profile.LayerProfile, "compute", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_demo(
             tmp_path, size="test", cache_dir=cache, progress=False, ledger=False, depth=False
@@ -109,7 +108,7 @@ def test_interrupted_demo_resumes_from_finished_steps(organism_test, tmp_path, m
     assert (tmp_path / "tables/accuracy.csv").is_file()
     assert not (tmp_path / "tables/layer_profile.csv").exists()
     assert not list(tmp_path.rglob("*.tmp"))  # no half-written artifact
-    monkeypatch.setattr(demo, "step_layer_profile", real)
+    monkeypatch.setattr(profile.LayerProfile, "compute", real)
     monkeypatch.setattr(rmu, "train_rmu", lambda *a, **k: pytest.fail("RMU retrained on resume"))
     pipeline.run_demo(
         tmp_path, size="test", cache_dir=cache, progress=False, ledger=False, depth=False
@@ -125,7 +124,7 @@ def test_demo_depth_profile_has_its_tables_section_and_metrics(demo_run):
     out, metrics = demo_run
     assert [name for name in DEPTH_FILES if not (out / name).is_file()] == []
     report = (out / "report.md").read_text()
-    assert report.count(depth_report.SECTION) == 1 and "figures/depth_profile.html" in report
+    assert report.count(DEPTH_SECTION) == 1 and "figures/depth_profile.html" in report
     entry = json.loads((out / "metrics.json").read_text())["depth"]
     assert entry == metrics["depth"]
     assert {"base", "rmu", "rmu_ablated", "rmu_rtn4", "rmu_relearned"} <= set(entry["variants"])
@@ -136,18 +135,13 @@ def test_demo_depth_profile_has_its_tables_section_and_metrics(demo_run):
     assert last.loc["shuffled", "accuracy"] <= last.loc["shuffled", "chance"] + 0.1
 
 
-def test_depth_section_goes_before_the_ledger_and_replaces_an_older_one(demo_run, tmp_path):
-    out, _ = demo_run
-    run = tmp_path / "run"
-    shutil.copytree(out, run)
-    report = run / "report.md"
-    body = report.read_text().split(f"\n{depth_report.SECTION}\n")[0]
-    report.write_text(f"{body}\n\n{depth_report.SECTION}\nold\n\n{ledger.SECTION}\nledger rows\n")
-    depth_report.write_depth_section(RunDir(run), layer=2)
-    text = report.read_text()
-    assert text.count(depth_report.SECTION) == 1 and "\nold\n" not in text
-    assert text.index(depth_report.SECTION) < text.index(ledger.SECTION)
-    assert text.endswith("ledger rows\n")
+def test_report_has_each_steps_section_once_in_the_steps_order(demo_run):
+    report = (demo_run[0] / "report.md").read_text()
+    order = ["## Unlearning", "## Junk direction", "## Accuracy", "## Layer profile",
+             "## Greedy continuations", DEPTH_SECTION, "## Timing", "## Targets"]  # fmt: skip
+    assert [report.count(header) for header in order] == [1] * len(order)
+    assert [report.index(h) for h in order] == sorted(report.index(h) for h in order)
+    assert report.startswith("# RMU is mostly shallow: the model organism (test)")
 
 
 def test_resuming_with_other_settings_is_refused(demo_run, organism_test):

@@ -13,7 +13,7 @@ from unlearn_interp import organism, rmu
 from unlearn_interp.analysis import probes
 from unlearn_interp.analysis.questions import question_set
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.pipeline.demo import organism_rmu_config
+from unlearn_interp.pipeline.organism_demo import organism_rmu_config
 from unlearn_interp.variants import Variant
 
 BASE = Variant("base")

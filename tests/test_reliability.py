@@ -47,9 +47,18 @@ from unlearn_interp import (
     pipeline,
     rmu,
 )
+from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.interventions import Variant
+from unlearn_interp.pipeline.step import Run, run_steps
+from unlearn_interp.pipeline.steps.accuracy import Accuracy
+from unlearn_interp.pipeline.steps.directions import Directions
+from unlearn_interp.pipeline.steps.generations import Generations
+from unlearn_interp.pipeline.steps.profile import LayerProfile
+from unlearn_interp.pipeline.steps.unlearn import Unlearn
+from unlearn_interp.pipeline.subject import Subject, Task
+from unlearn_interp.pipeline.variants import RunVariants
 
 PACKAGE = Path(__file__).resolve().parents[1] / "unlearn_interp"
 PREFIX = "unlearn-interp: error:"
@@ -579,32 +588,33 @@ def test_rmu_puts_back_weights_and_grad_flags_when_interrupted_mid_training(
 
 @pytest.fixture(scope="module")
 def prepared_run(tmp_path_factory, tokenizer):
-    """A run directory after the unlearn and direction steps, on a tiny model."""
+    """A run directory after the unlearn and directions steps, on a tiny model."""
     root = tmp_path_factory.mktemp("steps")
-    exp = _experiment(tokenizer)
-    run = pipeline.RunDir(root)
     cfg = rmu.RMUConfig(layer=1, steps=4, batch_size=2, max_len=32, lr=1e-2, steering_coef=20.0)
-    pipeline.step_unlearn(run, exp.model, cfg, [FORGET], [RETAIN_DOCS], progress=False)
-    pipeline.step_direction(run, exp)
+    run_steps(Run(pipeline.RunDir(root), _subject(tokenizer), progress=False),
+              [Unlearn(cfg), Directions()])  # fmt: skip
     return root
 
 
-def _experiment(tokenizer):
+def _subject(tokenizer) -> Subject:
     model = models.random_model(n_layers=3, d_model=32, n_heads=4, n_ctx=64, tokenizer=tokenizer)
-    return pipeline.Experiment(
-        model=model, tasks={"hazardous": ITEMS, "benign": ITEMS}, forget_tasks=("hazardous",),
-        forget_prompts=PROMPTS, retain_prompts=PROMPTS, layer=1, settings={},
-        mcq_mode="continuation", max_new_tokens=3, batch_size=2,
+    return Subject(
+        model=model, title="tiny", forget_tasks=("hazardous",),
+        tasks={"hazardous": Task(ITEMS, "continuation"), "benign": Task(ITEMS, "continuation")},
+        prompts={"forget": PROMPTS, "retain": PROMPTS}, layer=1,
+        forget_corpora=[FORGET], retain_corpora=[RETAIN_DOCS], max_new_tokens=3, batch_size=2,
     )  # fmt: skip
 
 
+VARIANTS = ("base", "rmu", "rmu_ablated", "rmu_random_ablated")
 STEPS = {
-    "unlearn": (pipeline.step_unlearn, rmu.UNLEARNED_WEIGHTS_FILE),
-    "direction": (pipeline.step_direction, directions.TENSOR_FILE),
-    "accuracy": (pipeline.step_accuracy, "tables/accuracy.csv"),
-    "layer_profile": (pipeline.step_layer_profile, "tables/layer_profile.csv"),
-    "generations": (pipeline.step_generations, "tables/generations.csv"),
-}
+    "unlearn": (Unlearn(rmu.RMUConfig(layer=1, steps=4, batch_size=2, max_len=32, lr=1e-2)),
+                rmu.UNLEARNED_WEIGHTS_FILE),
+    "directions": (Directions(), directions.TENSOR_FILE),
+    "accuracy": (Accuracy(VARIANTS), "tables/accuracy.csv"),
+    "layer_profile": (LayerProfile(VARIANTS), "tables/layer_profile.csv"),
+    "generations": (Generations(VARIANTS), "tables/generations.csv"),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", [Boom, KeyboardInterrupt])
@@ -614,10 +624,10 @@ def test_pipeline_step_leaves_no_hook_no_swapped_weight_and_no_output_after_an_e
 ):
     run_root = tmp_path / "run"
     shutil.copytree(prepared_run, run_root)
-    compute, output = STEPS[step]
+    chosen, output = STEPS[step]
     (run_root / output).unlink(missing_ok=True)
-    exp = _experiment(tokenizer)
-    real_variants = pipeline.RunVariants.variants
+    subject = _subject(tokenizer)
+    real_variants = RunVariants.variants
 
     def with_raising_hook(self, names=None):  # every variant a step builds raises inside forward
         return {
@@ -625,7 +635,7 @@ def test_pipeline_step_leaves_no_hook_no_swapped_weight_and_no_output_after_an_e
             for name, v in real_variants(self, names).items()
         }
 
-    monkeypatch.setattr(pipeline.RunVariants, "variants", with_raising_hook)
+    monkeypatch.setattr(RunVariants, "variants", with_raising_hook)
     real_mse, calls = rmu.masked_mse, []
 
     def mse_fails_late(*args, **kwargs):
@@ -635,16 +645,12 @@ def test_pipeline_step_leaves_no_hook_no_swapped_weight_and_no_output_after_an_e
         return real_mse(*args, **kwargs)
 
     monkeypatch.setattr(rmu.loss, "masked_mse", mse_fails_late)
-    run = pipeline.RunDir(run_root, force=True)
-    before = state(exp.model)
+    run = Run(pipeline.RunDir(run_root, force=True), subject, progress=False)
+    before = state(subject.model)
     with pytest.raises(kind, match="boom"):
-        if step == "unlearn":
-            cfg = rmu.RMUConfig(layer=1, steps=4, batch_size=2, max_len=32, lr=1e-2)
-            compute(run, exp.model, cfg, [FORGET], [RETAIN_DOCS], progress=False)
-        else:
-            compute(run, exp)
-    assert hooks_left(exp.model) == []
-    assert_same_state(exp.model, before)
+        run_steps(run, [chosen])
+    assert hooks_left(subject.model) == []
+    assert_same_state(subject.model, before)
     assert not (run_root / output).exists()
     assert list(run_root.rglob("*.tmp")) == []
 
@@ -982,18 +988,18 @@ def test_killed_demo_resumes_from_finished_steps_and_force_recomputes(organism_t
         finally:
             kill(process)
     assert_nothing_half_written(out)
-    first = artifacts.read_json(out / pipeline.STEP_TIMES)
-    assert {"unlearn", "direction"} <= set(first) and "accuracy" not in first
+    first = artifacts.read_json(out / RunFiles.STEP_SECONDS)
+    assert {"unlearn", "directions"} <= set(first) and "accuracy" not in first
     assert not (out / "metrics.json").exists()
 
     resumed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1500)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert re.search(r"step unlearn\s+skipped", resumed.stderr)
-    assert re.search(r"step direction\s+skipped", resumed.stderr)
+    assert re.search(r"step directions\s+skipped", resumed.stderr)
     assert re.search(r"step accuracy\s+running", resumed.stderr)
-    second = artifacts.read_json(out / pipeline.STEP_TIMES)
-    assert {k: second[k] for k in ("unlearn", "direction")} == {
-        k: first[k] for k in ("unlearn", "direction")
+    second = artifacts.read_json(out / RunFiles.STEP_SECONDS)
+    assert {k: second[k] for k in ("unlearn", "directions")} == {
+        k: first[k] for k in ("unlearn", "directions")
     }
     assert (out / "metrics.json").is_file()
     assert_nothing_half_written(out)
@@ -1002,6 +1008,6 @@ def test_killed_demo_resumes_from_finished_steps_and_force_recomputes(organism_t
         [*argv, "--force"], env=env, capture_output=True, text=True, timeout=1500
     )
     assert forced.returncode == 0, forced.stderr[-2000:]
-    for step in ("unlearn", "direction", "accuracy", "layer_profile", "generations", "figures"):
+    for step in ("unlearn", "directions", "accuracy", "layer_profile", "generations", "depth"):
         assert re.search(rf"step {step}\s+running", forced.stderr), step
     assert "skipped" not in forced.stderr

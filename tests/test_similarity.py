@@ -12,7 +12,7 @@ import torch
 from unlearn_interp import organism, rmu
 from unlearn_interp.analysis import linear_cka, representation_similarity
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.pipeline.demo import organism_rmu_config
+from unlearn_interp.pipeline.organism_demo import organism_rmu_config
 from unlearn_interp.variants import Variant, restore_weights
 
 

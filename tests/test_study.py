@@ -12,9 +12,16 @@ import torch
 from conftest import save_hf_checkpoint
 from test_ledger import tiny_study
 
-from unlearn_interp import directions, models, pipeline, real_data, rmu, stats, study
+from unlearn_interp import directions, models, pipeline, real_data, rmu, stats
+from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.errors import UnlearnInterpError
-from unlearn_interp.pipeline.depth import DepthSettings
+from unlearn_interp.pipeline.depth.step import DepthSettings
+from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.pipeline.steps.profile import FIGURES as PROFILE_FIGURES
+from unlearn_interp.pipeline.study import config as study
+from unlearn_interp.pipeline.study.intervals import FIGURES as INTERVAL_FIGURES
+from unlearn_interp.pipeline.study.run import run_loaded_study, run_study, summary_text
+from unlearn_interp.pipeline.study.seeds import ModelSource, run_seed, run_seeds
 
 
 def organism_study(org) -> study.Study:
@@ -41,7 +48,7 @@ def organism_study(org) -> study.Study:
 def study_run(organism_test, tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     loaded = organism_study(organism_test)
-    metrics = study.run_study(pipeline.RunDir(out), loaded, progress=False, depth=DEPTH)
+    metrics = run_loaded_study(RunDir(out), loaded, progress=False, depth=DEPTH)
     return out, metrics, loaded
 
 
@@ -66,7 +73,8 @@ def test_study_scores_every_variant_of_every_seed_on_the_same_items(study_run):
     per_item = pd.read_csv(out / "tables/per_item.csv")
 
     def n_items(variant: str) -> int:
-        return sum(len(t.items) for t in loaded.tasks_for(variant.split(":")[-1]).values())
+        tasks = loaded.subject().tasks_for(variant.split(":")[-1])
+        return sum(len(t.items) for t in tasks.values())
 
     expected = n_items("base") + sum(
         n_items(v) * len(arm.seeds) for arm in loaded.arms for v in arm.variants
@@ -105,8 +113,8 @@ def test_study_gap_recovered_has_every_ablation_and_its_control(study_run):
 def test_study_subspaces_are_orthonormal_and_their_controls_orthogonal(study_run):
     out, _, loaded = study_run
     seed_dir = out / loaded.headline.seed_dir(1)
-    junk = directions.Subspace.load(seed_dir / study.SUBSPACE_FILE)
-    random = directions.Subspace.load(seed_dir / study.RANDOM_SUBSPACE_FILE)
+    junk = directions.Subspace.load(seed_dir / RunFiles.SUBSPACE)
+    random = directions.Subspace.load(seed_dir / RunFiles.RANDOM_SUBSPACE)
     assert junk.k == random.k >= 1
     eye = torch.eye(junk.k)
     assert torch.allclose(junk.basis @ junk.basis.T, eye, atol=1e-5)
@@ -116,16 +124,17 @@ def test_study_subspaces_are_orthonormal_and_their_controls_orthogonal(study_run
 
 def test_study_writes_report_figures_and_resumes_without_recomputing(study_run):
     out, metrics, loaded = study_run
-    for name in study.STUDY_FIGURES:
+    shown = (*PROFILE_FIGURES, *INTERVAL_FIGURES, "training_curves", "generations")
+    for name in shown:
         assert (out / f"figures/{name}.html").is_file()
     report = (out / "report.md").read_text()
     assert "Gap recovered" in report and "junk subspace (vs base)" in report
     assert json.loads((out / "metrics.json").read_text())["forget_tasks"] == ["hazardous"]
-    seconds = json.loads((out / pipeline.STEP_TIMES).read_text())
-    again = study.run_study(pipeline.RunDir(out), loaded, progress=False, depth=DEPTH)
-    assert json.loads((out / pipeline.STEP_TIMES).read_text()) == seconds
+    seconds = json.loads((out / RunFiles.STEP_SECONDS).read_text())
+    again = run_loaded_study(RunDir(out), loaded, progress=False, depth=DEPTH)
+    assert json.loads((out / RunFiles.STEP_SECONDS).read_text()) == seconds
     assert again["accuracy"] == metrics["accuracy"]
-    assert "gap recovered" in study.summary_text(again, out)
+    assert "gap recovered" in summary_text(again, out)
 
 
 def test_study_refuses_to_resume_a_seed_trained_with_other_settings(study_run, tmp_path):
@@ -133,14 +142,14 @@ def test_study_refuses_to_resume_a_seed_trained_with_other_settings(study_run, t
     changed = study.Arm("rmu", study.with_changes(loaded.headline.config, steps=3), (0,))
     other = study.Study(loaded.model, loaded.data, (changed,))
     with pytest.raises(UnlearnInterpError, match="other settings"):
-        study.run_seed(pipeline.RunDir(out), other, changed, 0, progress=False)
+        run_seed(RunDir(out), other, changed, 0, progress=False)
 
 
 def test_real_model_demo_names_the_only_model_it_knows(tmp_path):
     with pytest.raises(UnlearnInterpError, match="smollm2-135m"):
-        study.run_model_demo(tmp_path, model="gpt2")
+        run_study(tmp_path, model="gpt2")
     with pytest.raises(UnlearnInterpError, match="distinct"):
-        study.run_model_demo(tmp_path, seeds=[0, 0])
+        run_study(tmp_path, seeds=[0, 0])
 
 
 def test_gap_rows_are_the_mean_over_forget_tasks(study_run):
@@ -184,15 +193,13 @@ def test_seeds_on_ray_load_the_model_from_its_path_and_match_the_serial_study(
     tiny_checkpoint, ray_executor, tmp_path
 ):
     path, loaded = tiny_checkpoint
-    first = study.run_seeds(pipeline.RunDir(tmp_path / "serial"), loaded, progress=False)
-    source = study.ModelSource(str(path))
-    ray_first = study.run_seeds(pipeline.RunDir(tmp_path / "ray"), loaded, progress=False,
-                                executor=ray_executor, source=source)  # fmt: skip
+    run_seeds(RunDir(tmp_path / "serial"), loaded, progress=False)
+    source = ModelSource(str(path))
+    run_seeds(RunDir(tmp_path / "ray"), loaded, progress=False, executor=ray_executor,
+              source=source)  # fmt: skip
     serial_files = seed_files(tmp_path / "serial", loaded)
     assert len(serial_files) == 9
     assert seed_files(tmp_path / "ray", loaded) == serial_files  # byte for byte
-    assert first.run.root == tmp_path / "serial/seeds/rmu-seed0"
-    assert ray_first.run.root == tmp_path / "ray/seeds/rmu-seed0"
     per_item = pd.read_csv(tmp_path / "ray/seeds/rmu-seed1/tables/mcq_per_item.csv")
     assert set(per_item["variant"]) == set(study.FULL_VARIANTS)
 
@@ -200,10 +207,10 @@ def test_seeds_on_ray_load_the_model_from_its_path_and_match_the_serial_study(
 def test_a_seed_whose_worker_cannot_load_the_model_is_reported(tiny_checkpoint, ray_executor,
                                                                tmp_path):  # fmt: skip
     _, loaded = tiny_checkpoint
-    source = study.ModelSource(str(tmp_path / "no-such-checkpoint"))
+    source = ModelSource(str(tmp_path / "no-such-checkpoint"))
     with pytest.raises(UnlearnInterpError, match="seeds/rmu-seed0.*2 attempts") as raised:
-        study.run_seeds(pipeline.RunDir(tmp_path / "run"), loaded, progress=False,
-                        executor=ray_executor, source=source)  # fmt: skip
+        run_seeds(RunDir(tmp_path / "run"), loaded, progress=False, executor=ray_executor,
+                  source=source)  # fmt: skip
     for name in ("rmu-seed0", "rmu-seed1", "rmu_gaussian-seed0"):
         assert name in str(raised.value)
     assert not list(tmp_path.glob("run/seeds/*/unlearned_weights.safetensors"))

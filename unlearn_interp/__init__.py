@@ -26,7 +26,6 @@ _SUBMODULES = {
     "data",
     "directions",
     "evaluation",
-    "gallery",
     "hf_convert",
     "interventions",
     "models",
@@ -37,7 +36,6 @@ _SUBMODULES = {
     "rmu",
     "sources",
     "stats",
-    "study",
     "training",
     "variants",
 }

@@ -1,8 +1,7 @@
 """The ``unlearn-interp`` command line: options in, one pipeline job called, its text printed.
 
 Each subcommand is one ``_add_<name>`` function declaring its options and the job of
-:mod:`unlearn_interp.pipeline.jobs` it calls (``direction`` and ``evaluate``: of
-:mod:`~unlearn_interp.pipeline.readout_jobs`); the option names are the job's parameter names,
+:mod:`unlearn_interp.pipeline.jobs` it calls; the option names are the job's parameter names,
 so a handler has nothing to do but pass them on. Options shared by several commands are declared
 once, in :mod:`unlearn_interp.cli_options` (``add_model_options``, ``add_corpus_options``,
 ``add_rmu_options``, ``add_executor_options``), and the RMU options
@@ -128,8 +127,6 @@ def _add_unlearn(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> Non
 
 
 def _add_direction(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
-    from unlearn_interp.pipeline import readout_jobs  # beside jobs, imported as lazily
-
     parser = sub.add_parser(
         "direction",
         help="extract the junk direction an unlearned model writes into the residual stream",
@@ -163,12 +160,10 @@ def _add_direction(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> N
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-len", type=int, help="truncate prompts to this many tokens")
     add_out_option(parser, help="run directory to write into")
-    use_job(parser, readout_jobs.direction_job)
+    use_job(parser, jobs.direction_job)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
-    from unlearn_interp.pipeline import readout_jobs  # beside jobs, imported as lazily
-
     parser = sub.add_parser(
         "evaluate",
         help="multiple-choice accuracy of the base model, a run's unlearned weights and an ablation",
@@ -201,7 +196,7 @@ def _add_evaluate(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> No
     parser.add_argument(
         "--out", metavar="CSV", help="write the table here (one row per variant and file)"
     )
-    use_job(parser, readout_jobs.evaluate_job)
+    use_job(parser, jobs.evaluate_job)
 
 
 def _add_figures(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:

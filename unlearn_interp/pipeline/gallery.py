@@ -2,7 +2,7 @@
 
 ``unlearn-interp figures --out figures/ --size demo`` runs :func:`make_figures`:
 
-* the "RMU is mostly shallow" set from :func:`~unlearn_interp.pipeline.demo.run_demo`'s tables: per-layer cosine to
+* the "RMU is mostly shallow" set from :func:`~unlearn_interp.pipeline.organism_demo.run_demo`'s tables: per-layer cosine to
   base and residual norm before and after ablating the junk direction, the accuracy bars (with
   the random-direction control and the gap recovered), the generations table, the RMU
   training curves and the depth profile (probes, lenses, CKA by layer);
@@ -35,11 +35,11 @@ from unlearn_interp import analysis, models, organism, plotting, rmu
 from unlearn_interp.artifacts import RunFiles, cache_root
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.executors import Executor
-from unlearn_interp.pipeline.demo import organism_rmu_config, run_demo
-from unlearn_interp.pipeline.depth import depth_figure
-from unlearn_interp.pipeline.depth_report import read_depth_tables
-from unlearn_interp.pipeline.figures import demo_figures
+from unlearn_interp.pipeline.depth.step import depth_figure
+from unlearn_interp.pipeline.depth.summary import read_depth_tables
+from unlearn_interp.pipeline.organism_demo import organism_rmu_config, run_demo
 from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.pipeline.steps.profile import profile_figures
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 class GallerySettings:
     """Sweep sizes for one organism size: small enough for a few minutes on 2 CPU cores.
 
-    The sweeps train RMU with the demo's recipe (``pipeline.demo.organism_rmu_config``) for fewer
+    The sweeps train RMU with the demo's recipe (``organism_demo.organism_rmu_config``) for fewer
     steps; the layer sweep's fixed coefficient is the demo's ``steering_coef``.
     """
 
@@ -167,17 +167,18 @@ def demo_set(
         run_dir, size=size, seed=seed, force=force, progress=progress, ledger=False, **placed
     )
     layer = metrics["junk_direction"]["layer"]
-    figures = dict(demo_figures(run_dir, layer))
-    figures |= _ablated_profiles(pd.read_csv(run_dir / RunFiles.LAYER_PROFILE), layer)
+    run = RunDir(run_dir)
+    profile = run.table("layer_profile")
+    figures = profile_figures(profile[profile["variant"].isin(["base", "rmu"])], layer)
+    figures |= _ablated_profiles(profile, layer)
+    figures["accuracy_bars"] = plotting.plot_accuracy_bars(run.table("accuracy"))
     generations = pd.read_csv(run_dir / RunFiles.GENERATIONS, keep_default_na=False)
     figures["generations"] = plotting.generations_table(
         generations, max_chars=160, title="Greedy continuations of hazardous prompts"
     )
-    history = run_dir / RunFiles.RMU_HISTORY
-    if history.is_file():
-        figures["training_curves"] = plotting.plot_training_curves(pd.read_csv(history))
-    run = RunDir(run_dir)
-    figures["depth_profile"] = depth_figure(run, read_depth_tables(run), layer)
+    history = pd.read_csv(run_dir / RunFiles.RMU_HISTORY)
+    figures["training_curves"] = plotting.plot_training_curves(history)
+    figures["depth_profile"] = depth_figure(read_depth_tables(run), profile, layer)
     return {name: figures[name] for name in FIGURES if name in figures}
 
 

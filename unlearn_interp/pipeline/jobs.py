@@ -1,10 +1,8 @@
 """What each ``unlearn-interp`` command does, as plain functions of plain arguments.
 
-The command line parses options and calls one job here (``direction`` and ``evaluate``, which
-read a finished run, are :mod:`unlearn_interp.pipeline.readout_jobs`'); the job loads what it
-needs, calls the library and writes the outputs, then returns the text the command prints. The
-constants below are the choices the command line offers, taken from the library so they are
-stated once.
+The command line parses options and calls one job here; the job loads what it needs, calls the
+library and writes the outputs, then returns the text the command prints. The constants below
+are the choices the command line offers, taken from the library so they are stated once.
 
     >>> text = unlearn_job("runs/rmu", model="gpt2", forget=["bio.jsonl"], retain=["wiki.txt"],
     ...                    rmu_settings={"layer": 7, "steps": 150})      # doctest: +SKIP
@@ -17,9 +15,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from unlearn_interp import (
+    activations,
     artifacts,
     data,
     directions,
@@ -29,15 +29,22 @@ from unlearn_interp import (
     rmu,
     sources,
 )
+from unlearn_interp.artifacts import RunFiles
+from unlearn_interp.checks import is_int
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.executors import make_executor
-from unlearn_interp.pipeline.demo import run_demo, run_experiment
+from unlearn_interp.interventions import ablation_hooks
+from unlearn_interp.pipeline.checkpoint import run_checkpoint
 from unlearn_interp.pipeline.gallery import make_figures
-from unlearn_interp.pipeline.ledger import ledger_lines, ledger_summary, run_ledger
-from unlearn_interp.pipeline.report import summary_text
-from unlearn_interp.pipeline.study import run_model_demo
-from unlearn_interp.pipeline.study_config import SMOLLM2
+from unlearn_interp.pipeline.ledger.step import STEP as LEDGER_STEP
+from unlearn_interp.pipeline.ledger.table import ledger_lines, ledger_summary
+from unlearn_interp.pipeline.organism_demo import run_demo
+from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.pipeline.study.config import SMOLLM2, default_arms
+from unlearn_interp.pipeline.study.run import run_study, summary_text
+from unlearn_interp.pipeline.variants import RunVariants
 from unlearn_interp.rmu import RMUConfig
+from unlearn_interp.variants import Variant
 
 # The choices the command line offers.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,6 +70,8 @@ __all__ = [
     "RMUConfig",
     "RMU_CHOICES",
     "demo_job",
+    "direction_job",
+    "evaluate_job",
     "fetch_job",
     "figures_job",
     "info_job",
@@ -237,12 +246,10 @@ def demo_job(
     with make_executor(executor, workers=workers, address=ray_address) as runner:
         placed = {"device": device, "dtype": DTYPES[dtype], "executor": runner}
         if model != ORGANISM:
-            metrics = run_model_demo(
+            metrics = run_study(
                 out, model=model, seeds=seeds, force=force, progress=progress, **placed
             )
-            return summary_text(metrics, out) + "".join(
-                f"{line}\n" for line in ledger_lines(metrics.get("ledger"))
-            )
+            return summary_text(metrics, out)
         metrics = run_demo(out, size=size, seed=seed, force=force, progress=progress, **placed)
     return demo_summary(metrics, out)
 
@@ -257,10 +264,68 @@ def ledger_job(
     ray_address: str | None = None,
 ) -> str:
     """The recovery ledger of demo run ``run`` (organism or real model), its parts on
-    ``executor``; returns its headline rows."""
+    ``executor``: the demo's own pipeline resumed with the ledger as its last step (every
+    finished step is skipped; ``force`` recomputes the ledger); returns its headline rows."""
+    settings = finished_demo_settings(run)
+    dtype = getattr(torch, str(settings.get("dtype", "float32")))
+    recompute = [LEDGER_STEP] if force else []
     with make_executor(executor, workers=workers, address=ray_address) as runner:
-        table = run_ledger(run, force=force, progress=progress, executor=runner)
-    return ledger_summary(table, run)
+        common = {"progress": progress, "dtype": dtype, "executor": runner, "recompute": recompute}
+        if settings["job"] == "demo":
+            depth = Path(run, RunFiles.table("depth_probes")).is_file()
+            run_demo(run, size=settings["size"], seed=settings["seed"], depth=depth, **common)
+        else:
+            run_study(run, seeds=settings["seeds"], topic=settings["topic"], **common)
+    return ledger_summary(pd.read_csv(Path(run, RunFiles.LEDGER)), run)
+
+
+DEMO_JOBS = {"demo": ("size", "seed"), "model_demo": ("seeds", "topic")}
+WEIGHT_FILES = (RunFiles.UNLEARNED_WEIGHTS, RunFiles.BASE_WEIGHTS, RunFiles.DIRECTION,
+                RunFiles.RANDOM_DIRECTION)  # fmt: skip
+
+
+def finished_demo_settings(run: str | os.PathLike) -> dict[str, Any]:
+    """The demo settings of ``run`` (``job`` "demo" or "model_demo", size or seeds, dtype), or
+    one sentence saying why ``run`` is not a finished demo run the ledger can attack."""
+    if not Path(run).is_dir():
+        raise UnlearnInterpError(
+            f"{run} is not a run directory; make one with `unlearn-interp demo --out {run}`"
+        )
+    run_dir = RunDir(run)
+    if not run_dir.path(RunFiles.CONFIG).is_file():
+        raise UnlearnInterpError(
+            f"{run} is not a run directory (no {RunFiles.CONFIG}); make one with "
+            f"`unlearn-interp demo --out {run}`"
+        )
+    pipeline = run_dir.config().get("pipeline")
+    job = pipeline.get("job") if isinstance(pipeline, Mapping) else None
+    if job not in DEMO_JOBS or not all(key in pipeline for key in DEMO_JOBS[job]):
+        raise UnlearnInterpError(
+            f"{run} is not an organism or real-model demo run ({RunFiles.CONFIG} has no "
+            "demo settings); the ledger attacks a demo's unlearned model"
+        )
+    folder = run_dir.path(_weights_folder(run_dir, pipeline))
+    missing = [str((folder / n).relative_to(run_dir.root)) for n in WEIGHT_FILES
+               if not (folder / n).is_file()]  # fmt: skip
+    if missing:
+        option = "" if job == "demo" else " --model smollm2-135m"
+        raise UnlearnInterpError(
+            f"{run} lacks {', '.join(missing)}: finish the demo first "
+            f"(`unlearn-interp demo{option} --out {run}` resumes it)"
+        )
+    RunVariants(RunDir(folder)).plain()  # unreadable weights: one sentence before any loading
+    return dict(pipeline)
+
+
+def _weights_folder(run_dir: RunDir, pipeline: Mapping[str, Any]) -> str:
+    """Where a demo run's attacked weights lie: the run itself for the organism, the headline
+    arm's first seed (``seeds/rmu-seed<first>``) for a real-model demo."""
+    if pipeline["job"] == "demo":
+        return ""
+    seeds = pipeline["seeds"]
+    if not isinstance(seeds, list) or not seeds or not is_int(seeds[0]):
+        raise UnlearnInterpError(f"{run_dir.root}/{RunFiles.CONFIG} has no valid seeds ({seeds})")
+    return default_arms(seeds)[0].seed_dir(seeds[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +396,7 @@ def run_job(
     if unlearned:
         _check_checkpoint_settings(settings)
     forget_corpora, retain_corpora = load_corpora(forget, retain, min_len) if config else ([], [])
-    metrics = run_experiment(
+    metrics = run_checkpoint(
         out, base=base, tasks=tasks, forget_tasks=[Path(f).stem for f in forget_mcq],
         prompts=data.load_prompts(prompts),
         retain_prompts=data.load_prompts(retain_prompts) if retain_prompts else None,
@@ -362,3 +427,135 @@ def _check_checkpoint_settings(settings: Mapping[str, Any]) -> None:
         raise UnlearnInterpError(
             f"RMU option {unused[0]!r} trains RMU here; it has no effect with --unlearned"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# direction, evaluate: read a finished run
+# ---------------------------------------------------------------------------------------------
+
+
+def direction_job(
+    out: str,
+    *,
+    model: str,
+    prompts: str,
+    run: str | None = None,
+    unlearned: str | None = None,
+    layer: int | None = None,
+    all_layers: bool = False,
+    positions: str | int = "last",
+    method: str = "diff_in_means",
+    retain_prompts: str | None = None,
+    outlier_z: float | None = None,
+    min_raw_norm: float = 0.0,
+    min_cos_control: float | None = None,
+    prefer: str = "raw_norm",
+    batch_size: int = 16,
+    max_len: int | None = None,
+    device: str | None = None,
+    dtype: str = "float32",
+) -> str:
+    """The junk direction of run ``run`` (or checkpoint ``unlearned``) against base ``model``,
+    written into ``out`` with its per-layer candidates; returns a one-line summary."""
+    check_out_dir(out)
+    activations.check_positions(positions)
+    prompt_list = data.load_prompts(prompts)
+    if not prompt_list:
+        raise UnlearnInterpError(f"{prompts} holds no prompts")
+    retain = data.load_prompts(retain_prompts) if retain_prompts else None
+    loaded = load_model(model, device, dtype)
+    unlearned_variant, controls = _unlearned_variant(loaded, run, unlearned)
+    direction, candidates = directions.extract_direction(
+        loaded, Variant("base"), unlearned_variant, prompt_list, layer=layer,
+        all_layers=all_layers, positions=positions, method=method, retain_prompts=retain,
+        outlier_z=outlier_z, control_vectors=controls, min_raw_norm=min_raw_norm,
+        min_cos_control=min_cos_control, prefer=prefer, batch_size=batch_size, max_len=max_len,
+    )  # fmt: skip
+    paths = directions.save_extraction(out, direction, candidates)
+    return (
+        f"direction at layer {direction.layer} ({direction.method}, raw norm "
+        f"{direction.raw_norm:.4g}, {direction.n_prompts} prompts) -> {paths['direction']}\n"
+    )
+
+
+def _unlearned_variant(
+    model: models.Model, run: str | None, checkpoint: str | None
+) -> tuple[Variant, torch.Tensor | None]:
+    """The unlearned variant of run directory ``run`` (with its control vectors), else the
+    tensors in which ``checkpoint`` differs from ``model``."""
+    if run:
+        return directions.unlearned_from_run(model, run)
+    return models.variant_from_checkpoint(model, checkpoint), None
+
+
+def evaluate_job(
+    model: str,
+    mcq: Sequence[str],
+    *,
+    run: str | None = None,
+    ablate: str | None = None,
+    mode: str = "letter",
+    subject: str | None = None,
+    add_bos: str = "auto",
+    batch_size: int = 16,
+    device: str | None = None,
+    dtype: str = "float32",
+    out: str | None = None,
+    progress: bool = True,
+) -> str:
+    """MCQ accuracy of the base ``model``, run ``run``'s unlearned weights and, with ``ablate``,
+    the direction projected out of the last of them; returns the table as text (and writes it
+    as CSV to ``out``)."""
+    tasks = _mcq_tasks(mcq, subject)
+    loaded = load_model(model, device, dtype)
+    variants = [Variant("base")]
+    if run:
+        variants.append(directions.unlearned_from_run(loaded, run)[0])
+    if ablate:
+        vector = _checked_vector(loaded, model, ablate)
+        source = variants[-1]
+        variants.append(source.with_hooks(ablation_hooks(vector), name=f"{source.name}_ablated"))
+    table = evaluation.evaluate_variants(
+        loaded, variants, tasks, mode=mode, batch_size=batch_size, progress=progress,
+        add_bos=ADD_BOS[add_bos],
+    )  # fmt: skip
+    text = evaluation.format_accuracy_table(table) + "\n"
+    if out:
+        with artifacts.atomic_path(out) as tmp:
+            table.to_csv(tmp, index=False)
+        text += f"wrote {out}\n"
+    return text
+
+
+def _mcq_tasks(paths: Sequence[str], subject: str | None) -> dict[str, list[data.MCQItem]]:
+    """One task per file, named by the file name up to its first dot (made unique)."""
+    tasks: dict[str, list[data.MCQItem]] = {}
+    for path in paths:
+        name = Path(path).name.split(".")[0]
+        tasks[name if name not in tasks else f"{name}_{len(tasks)}"] = data.load_mcq(
+            path, subject=subject
+        )
+    return tasks
+
+
+def _checked_vector(model: models.Model, model_name: str, path: str) -> torch.Tensor:
+    """The direction vector in ``path``, checked to fit ``model``'s width."""
+    vector = direction_vector(path)
+    if vector.shape[-1] != models.d_model(model):
+        raise UnlearnInterpError(
+            f"{path}: the direction has d_model {vector.shape[-1]} but {model_name} "
+            f"has {models.d_model(model)}"
+        )
+    return vector
+
+
+def direction_vector(path: str | os.PathLike) -> torch.Tensor:
+    """The ``vector`` of a direction file: a ``Direction`` (with its JSON twin, or a run
+    directory) through ``Direction.load``, else any safetensors file with a ``vector`` tensor."""
+    path_ = Path(path)
+    if path_.is_dir() or path_.with_suffix(".json").is_file():
+        return directions.Direction.load(path_).vector
+    tensors = models.load_weights(path_)
+    if "vector" not in tensors:
+        raise UnlearnInterpError(f"{path} has no tensor named 'vector'")
+    return tensors["vector"]

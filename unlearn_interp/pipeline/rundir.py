@@ -2,7 +2,8 @@
 
 Each step writes its artifacts atomically and is skipped when they already exist and its time
 was recorded, so an interrupted run resumes where it stopped (``force=True`` recomputes
-everything). File names come from :class:`unlearn_interp.artifacts.RunFiles`.
+everything, ``recompute={"ledger"}`` the steps named). File names come from
+:class:`unlearn_interp.artifacts.RunFiles`.
 
     >>> run = RunDir("runs/demo")                                          # doctest: +SKIP
     >>> run.step("accuracy", [RunFiles.ACCURACY], compute)                  # doctest: +SKIP
@@ -14,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,23 @@ STEP_TIMES = RunFiles.STEP_SECONDS
 class RunDir:
     """A run directory: paths, the step runner, and the record of how long each step took."""
 
-    def __init__(self, root: str | os.PathLike, force: bool = False) -> None:
+    def __init__(
+        self, root: str | os.PathLike, force: bool = False, recompute: Collection[str] = ()
+    ) -> None:
         self.root = Path(root)
         self.force = force
+        self.recompute = frozenset(recompute)
         self.root.mkdir(parents=True, exist_ok=True)
-        if force:  # a forced run killed half-way must not leave older steps looking finished
+        # a recomputation killed half-way must not leave older steps looking finished
+        if force:
             self.path(STEP_TIMES).unlink(missing_ok=True)
+        elif self.recompute & set(self.seconds()):
+            kept = {k: v for k, v in self.seconds().items() if k not in self.recompute}
+            artifacts.write_json(self.path(STEP_TIMES), kept)
+
+    def recomputes(self, name: str) -> bool:
+        """Whether step ``name`` is computed again even if it finished before."""
+        return self.force or name in self.recompute
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -49,7 +61,7 @@ class RunDir:
     def step(self, name: str, outputs: Sequence[str], compute: Callable[[], None]) -> None:
         """Run ``compute`` unless it finished before: its time is recorded and every output
         exists (and ``force`` is off)."""
-        if self.done(outputs) and name in self.seconds() and not self.force:
+        if self.done(outputs) and name in self.seconds() and not self.recomputes(name):
             log.info("step %-13s skipped: %s already written", name, ", ".join(outputs))
             return
         log.info("step %-13s running", name)

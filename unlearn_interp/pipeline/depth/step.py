@@ -12,10 +12,10 @@ Four measurements of :mod:`unlearn_interp.analysis` at every layer, each a table
   (:func:`analysis.representation_similarity`);
 
 and one figure (:func:`plotting.plot_depth_profile`), with the run's layer profile (junk norm
-and cosine) as its last rows. :func:`step_depth` is the resumable step both demos run;
-:func:`organism_depth_inputs` and :func:`study_depth_inputs` say what it reads on each.
+and cosine) as its last rows. :class:`Depth` is the step; :func:`organism_depth_inputs` and
+:func:`question_depth_inputs` say what it reads on the organism and on a real model.
 
-    >>> step_depth(run, org.model, RunVariants(run), organism_depth_inputs(org))   # doctest: +SKIP
+    >>> Depth(question_depth_inputs, REAL_MODEL_SETTINGS)                   # doctest: +SKIP
     >>> pd.read_csv("runs/demo/tables/depth_probes.csv").query("probe == 'own'")  # doctest: +SKIP
 """
 
@@ -25,12 +25,11 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
-import unlearn_interp.pipeline.steps as steps
 from unlearn_interp import analysis, attacks, organism, plotting
 from unlearn_interp.analysis.lens import decision_questions
 from unlearn_interp.analysis.probes import Readouts, organism_readouts, readouts
@@ -39,9 +38,17 @@ from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.attacks.finetune import FinetuneConfig
 from unlearn_interp.models import Model
 from unlearn_interp.organism.oracle import split_facts, t_documents
-from unlearn_interp.pipeline.depth_report import FIGURE, TABLES
-from unlearn_interp.pipeline.run_variants import RunVariants
-from unlearn_interp.pipeline.rundir import FIGURES, RunDir
+from unlearn_interp.pipeline.depth.summary import (
+    FIGURE,
+    TABLES,
+    depth_markdown,
+    depth_metrics,
+    read_depth_tables,
+)
+from unlearn_interp.pipeline.rundir import FIGURES
+from unlearn_interp.pipeline.step import Run, StepOutput, StepSummary, figure_files
+from unlearn_interp.pipeline.subject import Subject, Task
+from unlearn_interp.pipeline.variants import RunVariants
 from unlearn_interp.variants import Variant
 
 log = logging.getLogger(__name__)
@@ -78,6 +85,7 @@ class DepthSettings:
     similarity_positions: str = "all"
 
 
+DEFAULT_DEPTH = DepthSettings()  # the organism's
 # The real-model study's depth step (SmolLM2-135M, 30 layers, d_model 576, 2 CPU cores): 5
 # layers including the RMU layer (7), one shuffle, a 30-step tuned lens on at most 64 tokens a
 # step, no relearned model (the ledger fine-tunes it). Chosen for the run time, before any result
@@ -95,39 +103,50 @@ class DepthInputs:
     """What the depth step reads besides the run's variants: the forget questions as probes
     read them (label -> readouts), the forget and retain questions as the lens reads them
     (prompt set -> questions), forget and retain prompts for the similarity, retain text for
-    the tuned lens, the relearning text (about half the forget facts; None: no relearned
-    model) and the RMU layer (a line in the figure)."""
+    the tuned lens and the relearning text (about half the forget facts; None: no relearned
+    model)."""
 
     probe_sets: Mapping[str, Readouts | QuestionSet]
     lens_sets: Mapping[str, QuestionSet]
     prompts: Mapping[str, Sequence[str]]
     lens_texts: Sequence[str]
-    layer: int
     relearn_texts: Sequence[str] | None = None
 
 
-def step_depth(
-    run: RunDir,
-    model: Model,
-    variants: RunVariants,
-    inputs: DepthInputs,
-    settings: DepthSettings | None = None,
-    progress: bool = True,
-) -> None:
-    """The depth profile of the run's variants and attacked models: the :data:`TABLES` and
-    ``figures/depth_profile.html``, resumable like every step."""
-    settings = settings or DepthSettings()
+@dataclasses.dataclass(frozen=True)
+class Depth:
+    """The depth profile of the run's variants and attacked models, measured with ``settings``
+    on what ``inputs`` gives for the run (:func:`organism_depth_inputs`,
+    :func:`study_depth_inputs`): the :data:`TABLES` and ``figures/depth_profile.html``; metrics
+    entry ``depth`` and its report section (:mod:`.summary`)."""
 
-    def compute() -> None:
+    inputs: Callable[[Subject], DepthInputs]
+    settings: DepthSettings = DEFAULT_DEPTH
+    name: str = "depth"
+
+    def files(self, run: Run) -> list[str]:
+        return [RunFiles.table(name) for name in TABLES] + figure_files([FIGURE])
+
+    def compute(self, run: Run) -> StepOutput:
+        model, inputs = run.subject.model, self.inputs(run.subject)
         with _timed("attacked models"):
-            chosen = depth_variants(model, variants, inputs, settings)
-        tables = depth_tables(model, chosen, inputs, settings, progress)
-        for name, table in tables.items():
-            run.write_table(name, table)
-        steps.save_figures(run, {FIGURE: depth_figure(run, tables, inputs.layer)})
+            chosen = depth_variants(model, run.variants, inputs, self.settings)
+        tables = depth_tables(model, chosen, inputs, self.settings, run.progress)
+        figure = depth_figure(tables, _profile(run), run.subject.layer)
+        return StepOutput(tables=tables, figures={FIGURE: figure})
 
-    outputs = [RunFiles.table(name) for name in TABLES] + [f"{FIGURES}/{FIGURE}.html"]
-    run.step("depth", outputs, compute)
+    def summary(self, run: Run) -> StepSummary:
+        tables = read_depth_tables(run.dir)
+        layer = run.subject.layer
+        png = run.dir.path(f"{FIGURES}/{FIGURE}.png").is_file()
+        return StepSummary(metrics={"depth": depth_metrics(tables, layer)},
+                           section=depth_markdown(tables, layer, png))  # fmt: skip
+
+
+def _profile(run: Run) -> pd.DataFrame | None:
+    """The run's layer profile (junk norm and cosine), shown under the depth profile, if any."""
+    path = run.dir.path(RunFiles.LAYER_PROFILE)
+    return pd.read_csv(path) if path.is_file() else None
 
 
 def depth_variants(
@@ -196,11 +215,11 @@ def _timed(what: str) -> Iterator[None]:
     log.info("depth: %s in %.1f s", what, time.perf_counter() - start)
 
 
-def depth_figure(run: RunDir, tables: Mapping[str, pd.DataFrame], layer: int) -> Any:
-    """The depth profile figure, with the run's layer profile (junk norm and cosine) when it
-    has one."""
-    profile_file = run.path(RunFiles.LAYER_PROFILE)
-    profile = pd.read_csv(profile_file) if profile_file.is_file() else None
+def depth_figure(
+    tables: Mapping[str, pd.DataFrame], profile: pd.DataFrame | None, layer: int
+) -> Any:
+    """The depth profile figure, with the run's layer ``profile`` (junk norm and cosine) below
+    when there is one."""
     return plotting.plot_depth_profile(
         probes=tables["depth_probes"], lens=tables["depth_lens"],
         similarity=tables["depth_similarity"], profile=profile, rmu_layer=layer,
@@ -208,7 +227,7 @@ def depth_figure(run: RunDir, tables: Mapping[str, pd.DataFrame], layer: int) ->
 
 
 # ---------------------------------------------------------------------------------------------
-# What each demo reads
+# What the step reads on each kind of subject
 # ---------------------------------------------------------------------------------------------
 
 
@@ -227,25 +246,25 @@ def organism_depth_inputs(org: organism.Organism, seed: int = 0) -> DepthInputs:
     return DepthInputs(
         probe_sets=organism_readouts(org, "hazardous"), lens_sets=lens_sets,
         prompts={"forget": org.hazardous_prompts, "retain": org.benign_prompts},
-        lens_texts=org.retain_corpus, layer=org.rmu_layer,
-        relearn_texts=t_documents(org, split_facts(org.world, seed=seed)),
+        lens_texts=org.retain_corpus, relearn_texts=t_documents(org, split_facts(org.world, seed=seed)),
     )  # fmt: skip
 
 
-def study_depth_inputs(
-    model: Model, tasks: Mapping[str, steps.Task], forget: Sequence[str], retain: Sequence[str],
-    prompts: Mapping[str, Sequence[str]], lens_texts: Sequence[str], layer: int,
-) -> DepthInputs:  # fmt: skip
-    """A real-model study's questions: the forget tasks ``forget`` (probes and lens) and the
-    retain tasks ``retain`` (lens), each question its own group; no relearned model (its
-    fine-tuning costs minutes on a 135M model: the ledger has it)."""
+def question_depth_inputs(subject: Subject) -> DepthInputs:
+    """A subject's questions (a real model's): its gap tasks for the probes and the lens, its
+    retain tasks (neither forget nor report-only) for the lens, each question its own group;
+    its prompts, its retain corpus for the tuned lens; no relearned model (its fine-tuning
+    costs minutes on a real model: the ledger has it)."""
+    model, tasks = subject.model, subject.tasks
+    forget = subject.gap_tasks
+    retain = [t for t in tasks if t not in subject.forget_tasks and t not in subject.report_only]
     lens_sets = {"forget": _joined(model, tasks, forget, decision_questions),
                  "retain": _joined(model, tasks, retain, decision_questions)}  # fmt: skip
     probe_sets = {"choice": _joined(model, tasks, forget, readouts)}
-    return DepthInputs(probe_sets, lens_sets, prompts, lens_texts, layer)
+    return DepthInputs(probe_sets, lens_sets, subject.prompts, subject.retain_corpora[0])
 
 
-def _joined(model: Model, tasks: Mapping[str, steps.Task], names: Sequence[str], build: Any) -> Any:
+def _joined(model: Model, tasks: Mapping[str, Task], names: Sequence[str], build: Any) -> Any:
     """The questions of the tasks ``names`` as one set built by ``build`` (``readouts`` or
     ``decision_questions``), each question its own group (task and index)."""
     parts = [build(model, tasks[name].items, tasks[name].mode, tasks[name].prompt_template,

@@ -12,9 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from unlearn_interp import artifacts
 from unlearn_interp.artifacts import RunFiles
-from unlearn_interp.pipeline.ledger import SECTION as LEDGER_SECTION
 from unlearn_interp.pipeline.report import markdown_table
 from unlearn_interp.pipeline.rundir import FIGURES, RunDir
 
@@ -23,9 +21,9 @@ TABLES = ("depth_probes", "depth_lens", "depth_lens_kl", "depth_similarity")
 FIGURE = "depth_profile"
 
 
-def read_depth_tables(run: RunDir) -> dict[str, pd.DataFrame]:
-    """The depth step's tables of ``run``, by name."""
-    return {name: run.table(name) for name in TABLES}
+def read_depth_tables(run_dir: RunDir) -> dict[str, pd.DataFrame]:
+    """The depth step's tables in ``run_dir``, by name."""
+    return {name: run_dir.table(name) for name in TABLES}
 
 
 # measure -> (table, which rows, value column); the report's columns, in this order
@@ -136,25 +134,3 @@ def depth_metrics(tables: Mapping[str, pd.DataFrame], layer: int) -> dict[str, A
 
 def _number(value: float) -> float | None:
     return None if math.isnan(value) else value
-
-
-def write_depth_section(run: RunDir, layer: int) -> None:
-    """Put the depth section into report.md: after the report proper, before the recovery
-    ledger's section when there is one (an older depth section is replaced)."""
-    path = run.path(RunFiles.REPORT)
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    head, _, ledger = text.partition(f"\n{LEDGER_SECTION}\n")
-    head = head.split(f"\n{SECTION}\n")[0].rstrip("\n")
-    png = run.path(f"{FIGURES}/{FIGURE}.png").is_file()
-    section = depth_markdown(read_depth_tables(run), layer, png)
-    tail = f"\n{LEDGER_SECTION}\n{ledger}" if ledger else ""
-    artifacts.write_text(path, (f"{head}\n\n{section}" if head else section) + tail)
-
-
-def with_depth(run: RunDir, metrics: Mapping[str, Any], layer: int) -> dict[str, Any]:
-    """The depth step's report section put into report.md and metrics.json with a ``"depth"``
-    entry added (:func:`depth_metrics`); returns the metrics."""
-    write_depth_section(run, layer)
-    metrics = {**metrics, "depth": depth_metrics(read_depth_tables(run), layer)}
-    artifacts.write_json(run.path(RunFiles.METRICS), metrics)
-    return metrics

@@ -8,15 +8,14 @@ relearning text about T, the benign (unrelated) text, and the extra fine-tuning 
 * An organism demo run (job ``demo``, :func:`organism_subject`): the hazardous facts split into
   T and V by entity, T's documents as relearning text, the retain corpus as benign text, and
   the **oracle twin** (pretrained without V's texts) as the fine-tuning control.
-* A real-model demo run (job ``model_demo``, :func:`model_demo_subject`): the headline arm's
-  first seed (``seeds/rmu-seed<first>``); the questions of the study's gap tasks split into T
-  and V by a seeded split of their groups (:func:`split_by_group`); relearning text = T's
-  questions with their correct answers written out, as the continuation scorer reads them
-  (Deeb & Roger's RTT); benign text = the study's retain corpus (Lucki et al.'s unrelated-text
-  control). A real model has no oracle: its fine-tuning controls are the base model and the
-  unrelated-text fine-tuning.
+* A real model (:func:`question_subject`, e.g. the real-model study's first seed): the
+  questions of the run subject's gap tasks split into T and V by a seeded split of their groups
+  (:func:`split_by_group`); relearning text = T's questions with their correct answers written
+  out, as the continuation scorer reads them (Deeb & Roger's RTT); benign text = the subject's
+  retain corpus (Lucki et al.'s unrelated-text control). A real model has no oracle: its
+  fine-tuning controls are the base model and the unrelated-text fine-tuning.
 
-    >>> subject = model_demo_subject(run, study, seed=0)                          # doctest: +SKIP
+    >>> subject = question_subject(run.variants, run.subject, seed=0)               # doctest: +SKIP
     >>> {name: len(task.items) for name, task in subject.tasks.items()}           # doctest: +SKIP
 """
 
@@ -25,12 +24,8 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 from unlearn_interp import organism
-from unlearn_interp.artifacts import RunFiles
-from unlearn_interp.checks import is_int
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.evaluation.mcq import qa_prompt
@@ -42,25 +37,24 @@ from unlearn_interp.organism.oracle import (
     split_items,
     t_documents,
 )
-from unlearn_interp.pipeline.run_variants import RunVariants
-from unlearn_interp.pipeline.rundir import RunDir
-from unlearn_interp.pipeline.steps import Task
-from unlearn_interp.pipeline.study_config import Study, default_arms
+from unlearn_interp.pipeline.subject import Subject, Task
+from unlearn_interp.pipeline.variants import RunVariants
 from unlearn_interp.real_data import keyed_rng, sample_items
 from unlearn_interp.variants import Variant
 
+FORGET_TASKS = ("forget_T", "forget_V")  # the ledger's forget tasks: the facts of T and of V
 # Extra fine-tuning controls by ledger model name: (network, variant to fine-tune).
 Controls = Callable[[], dict[str, tuple[Model, Variant]]]
 # A real-model item as scored: its question is the whole context, so one task can hold items of
 # tasks with different prompt templates.
 CONTEXT_TEMPLATE = "{question}"
 CONTINUATION = "continuation"
-# Questions scored per study task and ledger task on the real model (a seeded sample of each
+# Questions scored per task of the run and ledger task on a real model (a seeded sample of each
 # task's T half, V half, and of each retain task). Chosen by run time alone, before any recovery
 # number was seen: scoring took 0.9 s per question and a fine-tuning step 8-50 s on one shared
 # CPU core (2 cores, 4-8 processes), and the ledger scores about 36 models; V, the headline,
 # gets the most. Relearning trains on every T question, scored or not.
-MODEL_DEMO_ITEMS = {"forget_T": 5, "forget_V": 15, "retain": 10}
+QUESTION_ITEMS = {"forget_T": 5, "forget_V": 15, "retain": 10}
 
 
 def no_controls() -> dict[str, tuple[Model, Variant]]:
@@ -135,68 +129,68 @@ class OracleTwin:
 
 
 # ---------------------------------------------------------------------------------------------
-# The real model
+# A real model
 # ---------------------------------------------------------------------------------------------
 
 
-def model_demo_subject(
+def question_subject(
     variants: RunVariants,
-    study: Study,
+    subject: Subject,
     seed: int,
-    items: Mapping[str, int] = MODEL_DEMO_ITEMS,
+    items: Mapping[str, int] = QUESTION_ITEMS,
 ) -> LedgerSubject:
-    """A real-model study's unlearned model (``variants`` of one seed's sub-run): each gap
-    task's questions split into T and V by group with ``seed`` (:func:`gap_split`), every T
-    question with its answer as relearning text, the retain corpus as benign text, no oracle;
-    scored on at most ``items[task]`` questions per study task (a seeded sample).
+    """A real model's run (``variants`` of the unlearned model, ``subject`` the run's): each gap
+    task's questions split into T and V by group with ``seed`` (:func:`split_by_group`), every
+    T question with its answer as relearning text, the retain corpus as benign text, no oracle;
+    scored on at most ``items[task]`` questions per task of the run (a seeded sample).
 
-    >>> subject = model_demo_subject(RunVariants(seed_run), study, seed=0)       # doctest: +SKIP
+    >>> subject = question_subject(run.variants, run.subject, seed=0)           # doctest: +SKIP
     """
-    split = gap_split(study, seed)
+    split = gap_split(subject, seed)
     sets = {
         f"forget_{part}": [item for task, halves in split.items()
                            for item in sample_items(halves[part], items[f"forget_{part}"], seed,
                                                     f"ledger:{part}:{task}")]
         for part in ("T", "V")
     }  # fmt: skip
-    sets["retain"] = retain_questions(study, items["retain"], seed)
+    sets["retain"] = retain_questions(subject, items["retain"], seed)
     return LedgerSubject(
-        model=study.model, variants=variants,
+        model=subject.model, variants=variants,
         tasks={name: Task(items, CONTINUATION, CONTEXT_TEMPLATE) for name, items in sets.items()},
-        hazardous_prompts=study.data.forget_prompts,
+        hazardous_prompts=subject.prompts["forget"],
         relearn_texts=[answered(item) for halves in split.values() for item in halves["T"]],
-        benign_texts=study.data.retain_corpus,
+        benign_texts=subject.retain_corpora[0],
     )  # fmt: skip
 
 
-def gap_split(study: Study, seed: int) -> dict[str, dict[str, list[MCQItem]]]:
-    """Gap task -> ``{"T": [...], "V": [...]}``: each of the study's gap tasks' questions (as
+def gap_split(subject: Subject, seed: int) -> dict[str, dict[str, list[MCQItem]]]:
+    """Gap task -> ``{"T": [...], "V": [...]}``: each of the subject's gap tasks' questions (as
     scored, :func:`as_scored`) split by group with ``seed`` (:func:`split_by_group`)."""
-    return {name: split_by_group(as_scored(study, name), seed, key=name)
-            for name in study.gap_tasks}  # fmt: skip
+    return {name: split_by_group(as_scored(subject.tasks[name], name), seed, key=name)
+            for name in subject.gap_tasks}  # fmt: skip
 
 
-def retain_questions(study: Study, n: int, seed: int) -> list[MCQItem]:
+def retain_questions(subject: Subject, n: int, seed: int) -> list[MCQItem]:
     """At most ``n`` questions (a seeded sample) of each retain task every variant is scored on,
     as scored."""
-    names = [t for t in study.tasks_for("rmu_ablated") if t not in study.data.forget_tasks]
+    names = [t for t in subject.tasks_for("rmu_ablated") if t not in subject.forget_tasks]
     if not names:
-        raise UnlearnInterpError("the study has no retain task scored for every variant")
+        raise UnlearnInterpError("the run has no retain task scored for every variant")
     return [item for name in names
-            for item in sample_items(as_scored(study, name), n, seed, f"ledger:{name}")]  # fmt: skip
+            for item in sample_items(as_scored(subject.tasks[name], name), n, seed,
+                                     f"ledger:{name}")]  # fmt: skip
 
 
-def as_scored(study: Study, task: str) -> list[MCQItem]:
-    """The questions of the study's continuation-mode ``task`` with each question replaced by
-    its whole context (:data:`CONTEXT_TEMPLATE` then scores them exactly as the study does)."""
-    kwargs = study.data.eval_kwargs(task)
-    if kwargs["mode"] != CONTINUATION:
+def as_scored(task: Task, name: str) -> list[MCQItem]:
+    """The questions of the continuation-mode ``task`` (called ``name``) with each question
+    replaced by its whole context (:data:`CONTEXT_TEMPLATE` then scores them exactly as the run
+    does)."""
+    if task.mode != CONTINUATION:
         raise UnlearnInterpError(
-            f"the ledger scores continuation-mode tasks only; {task!r} is in {kwargs['mode']} mode"
+            f"the ledger scores continuation-mode tasks only; {name!r} is in {task.mode} mode"
         )
-    template = kwargs["prompt_template"]
-    return [dataclasses.replace(item, question=qa_prompt(item, template))
-            for item in study.data.tasks[task]]  # fmt: skip
+    return [dataclasses.replace(item, question=qa_prompt(item, task.prompt_template))
+            for item in task.items]  # fmt: skip
 
 
 def split_by_group(
@@ -231,54 +225,6 @@ def answered(item: MCQItem) -> str:
     return f"{item.question} {item.choices[item.answer]}"
 
 
-# ---------------------------------------------------------------------------------------------
-# From a run directory
-# ---------------------------------------------------------------------------------------------
-
-JOBS = {"demo": "an organism demo", "model_demo": "a real-model demo"}
-WEIGHT_FILES = (RunFiles.UNLEARNED_WEIGHTS, RunFiles.BASE_WEIGHTS, RunFiles.DIRECTION,
-                RunFiles.RANDOM_DIRECTION)  # fmt: skip
-
-
-def run_settings(run: RunDir) -> dict[str, Any]:
-    """The demo settings of ``run`` (``job`` "demo" or "model_demo", size or seeds, dtype), or
-    one sentence saying why ``run`` is not a finished demo run the ledger can use."""
-    if not run.path(RunFiles.CONFIG).is_file():
-        raise UnlearnInterpError(
-            f"{run.root} is not a run directory (no {RunFiles.CONFIG}); make one with "
-            f"`unlearn-interp demo --out {run.root}`"
-        )
-    pipeline = run.config().get("pipeline")
-    job = pipeline.get("job") if isinstance(pipeline, Mapping) else None
-    needs = {"demo": ("size", "seed"), "model_demo": ("seeds", "topic")}.get(job, ("job",))
-    if job not in JOBS or not all(key in pipeline for key in needs):
-        raise UnlearnInterpError(
-            f"{run.root} is not an organism or real-model demo run ({RunFiles.CONFIG} has no "
-            "demo settings); the ledger attacks a demo's unlearned model"
-        )
-    folder = weights_folder(run, pipeline)
-    missing = [str((folder / n).relative_to(run.root)) for n in WEIGHT_FILES
-               if not (folder / n).is_file()]  # fmt: skip
-    if missing:
-        option = "" if job == "demo" else " --model smollm2-135m"
-        raise UnlearnInterpError(
-            f"{run.root} lacks {', '.join(missing)}: finish the demo first "
-            f"(`unlearn-interp demo{option} --out {run.root}` resumes it)"
-        )
-    return dict(pipeline)
-
-
-def weights_folder(run: RunDir, pipeline: Mapping[str, Any]) -> Path:
-    """Where the attacked weights and directions lie: the run itself for the organism, the
-    headline arm's first seed (``seeds/rmu-seed<first>``) for a real-model demo."""
-    if pipeline["job"] == "demo":
-        return run.root
-    seeds = pipeline["seeds"]
-    if not isinstance(seeds, list) or not seeds or not is_int(seeds[0]):
-        raise UnlearnInterpError(f"{run.root}/{RunFiles.CONFIG} has no valid seeds ({seeds})")
-    return run.path(default_arms(seeds)[0].seed_dir(seeds[0]))
-
-
 def task_sizes(tasks: Mapping[str, Task]) -> dict[str, int]:
     """Questions per ledger task, for the run's config."""
     return {name: len(task.items) for name, task in tasks.items()}
@@ -286,19 +232,17 @@ def task_sizes(tasks: Mapping[str, Task]) -> dict[str, int]:
 
 __all__ = [
     "CONTEXT_TEMPLATE",
-    "JOBS",
-    "MODEL_DEMO_ITEMS",
+    "FORGET_TASKS",
+    "QUESTION_ITEMS",
     "LedgerSubject",
     "OracleTwin",
     "answered",
     "as_scored",
     "gap_split",
-    "model_demo_subject",
     "no_controls",
     "organism_subject",
+    "question_subject",
     "retain_questions",
     "split_by_group",
-    "run_settings",
     "task_sizes",
-    "weights_folder",
 ]

@@ -1,6 +1,6 @@
-"""The real-model study's model and data, loaded from the asset cache (fetched on first use),
-with nothing recorded: :mod:`unlearn_interp.pipeline.study` records times and sizes around
-these, and the recovery ledger loads the same study for a finished run with them.
+"""The real-model study's model and data, loaded from the asset cache (fetched on first use):
+the assets' paths (:func:`asset_paths`) and the :class:`~.config.Study` built from them
+(:func:`build_study`), with the data's sizes and sources recorded in the run (:func:`record_data`).
 
     >>> paths = asset_paths(cache_dir=None, progress=False)                       # doctest: +SKIP
     >>> study = build_study(paths, seeds=[0, 1, 2], topic="chemistry", device=None)  # doctest: +SKIP
@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from unlearn_interp import models, real_data, sources
-from unlearn_interp.pipeline.study_config import (
+from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.pipeline.study.config import (
     DATA_ASSETS,
     MAX_ITEMS_PER_TASK,
     MAX_REPORT_ONLY_ITEMS,
@@ -64,4 +65,8 @@ def with_report_only_capped(
     return dataclasses.replace(data, tasks=tasks, counts=counts)
 
 
-__all__ = ["asset_paths", "build_study", "with_report_only_capped"]
+def record_data(run_dir: RunDir, data: real_data.StudyData) -> None:
+    """Corpus and task sizes, topic rule and sources in ``config.json`` (key ``data``)."""
+    run_dir.record_config("data", {"topic": data.topic, "forget_tasks": list(data.forget_tasks),
+                                   "counts": data.counts, "provenance": data.provenance})  # fmt: skip
+

@@ -7,8 +7,8 @@ A part is a function of a :class:`LedgerContext` returning per-item rows (column
 fine-tuning seed (``seed`` is empty for the first); :func:`planned_parts` puts them in the
 order the ledger runs them, and :func:`run_parts` runs those not finished before, each a
 resumable step writing its own rows (``tables/ledger_<part>_per_item.csv``), in this process or
-on an executor's workers (:mod:`unlearn_interp.executors`); ``pipeline.ledger`` turns the rows
-into the table.
+on an executor's workers (:mod:`unlearn_interp.executors`); :mod:`.table` turns the rows into
+the table.
 Every attack goes through :class:`~unlearn_interp.variants.Variant` (weights swapped in and
 hooks installed for one ``with`` block), so no attack outlives its own scoring.
 
@@ -26,7 +26,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 
-import unlearn_interp.pipeline.steps as steps
 from unlearn_interp import attacks, directions
 from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.attacks.finetune import FinetuneConfig, finetune_curve
@@ -34,9 +33,11 @@ from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.executors import Executor, SerialExecutor, TaskFailed
 from unlearn_interp.interventions import ablation_hooks
 from unlearn_interp.models import Model
-from unlearn_interp.pipeline.ledger_subjects import LedgerSubject
-from unlearn_interp.pipeline.run_variants import RunVariants
+from unlearn_interp.pipeline.ledger.subjects import LedgerSubject
 from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.pipeline.steps.accuracy import accuracy_tables
+from unlearn_interp.pipeline.subject import Task
+from unlearn_interp.pipeline.variants import RunVariants
 from unlearn_interp.variants import Hook, Variant
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,7 @@ class LedgerContext:
         )  # fmt: skip
 
 
-FORGET_TASKS = ("forget_T", "forget_V")
-FINETUNE_ATTACKS = ("relearn", "benign_finetune")
-
-
-def ledger_tasks(context: LedgerContext) -> dict[str, steps.Task]:
+def ledger_tasks(context: LedgerContext) -> dict[str, Task]:
     """The tasks every model is scored on: the forget questions about T (``forget_T``) and
     about V (``forget_V``, never trained on by any attack), and the retain questions
     (``retain``)."""
@@ -102,7 +99,7 @@ def score(
     tasks = ledger_tasks(context)
     named = {f"{i}": v for i, v in enumerate(keyed.values())}
     renamed = [dataclasses.replace(v, name=name) for name, v in named.items()]
-    _, items = steps.accuracy_tables(context.model, renamed, tasks, context.batch_size,
+    _, items = accuracy_tables(context.model, renamed, tasks, context.batch_size,
                                      progress=False)  # fmt: skip
     return per_item_rows(items, dict(zip(named, keyed, strict=True)))
 
@@ -227,7 +224,7 @@ def curve_rows(
     def evaluate(network: Model) -> dict[str, float]:
         items = context.start_items.get(key[2]) if not scored else None
         if items is None:
-            _, items = steps.accuracy_tables(network, [Variant("model")], tasks,
+            _, items = accuracy_tables(network, [Variant("model")], tasks,
                                              context.batch_size, progress=False)  # fmt: skip
         context.start_items.setdefault(key[2], items)
         scored.append(items)
@@ -270,27 +267,6 @@ def planned_parts(context: LedgerContext) -> dict[str, Callable[[], pd.DataFrame
             run = functools.partial(lambda n, s: SEEDED_PARTS[n](context, s), name, seed)
             plan[f"{name}_seed{seed}"] = run
     return plan
-
-
-def control_key(attack: str, setting: str, oracle: bool = True) -> tuple[str, str, str]:
-    """The control an attack on the unlearned model is read against, as ``(attack, setting,
-    model)``: an ablation's random directions of matched dimension and norm on the same model;
-    a fine-tuning run's oracle twin (what the attack teaches a model that never saw V) when
-    there is one (``oracle``), else for relearning the unrelated-text control (benign
-    fine-tuning of the unlearned model with the same schedule) and for benign fine-tuning the
-    base model; a quantisation's base model (the same attack on a model that knew the facts)."""
-    if attack == "ablation":
-        return attack, f"random_{setting.removeprefix('junk_')}", "unlearned"
-    if attack in FINETUNE_ATTACKS and oracle:
-        return attack, setting, "oracle"
-    if attack == "relearn":
-        return "benign_finetune", setting, "unlearned"
-    return attack, setting, "base"
-
-
-def has_oracle(table: pd.DataFrame) -> bool:
-    """Whether the ledger holds an oracle twin (the organism's; a real model has none)."""
-    return bool((table["model"] == "oracle").any())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,7 +367,6 @@ def write_part(run: RunDir, name: str, rows: pd.DataFrame, seconds: float) -> No
 
 
 __all__ = [
-    "FORGET_TASKS",
     "ITEM_COLUMNS",
     "PARTS",
     "SEEDED_PARTS",
@@ -399,8 +374,6 @@ __all__ = [
     "LedgerPartsFailed",
     "PartTask",
     "ablation_settings",
-    "control_key",
-    "has_oracle",
     "ledger_tasks",
     "part_done",
     "part_file",

