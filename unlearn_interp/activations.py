@@ -93,8 +93,10 @@ def encode_within_context(
     log.warning(
         "prompt %d (and maybe others) is longer than the model's %d-token context; "
         "truncated to its first %d tokens",
-        longest, n_ctx, n_ctx,
-    )  # fmt: skip
+        longest,
+        n_ctx,
+        n_ctx,
+    )
     return data.encode_batch(model.tokenizer, texts, n_ctx)
 
 
@@ -221,9 +223,14 @@ def _recomputed_blocks(
         )
     for block in blocks:
         resid = checkpoint(
-            run_blocks, model, resid, start=block, stop=block + 1,
-            attention_mask=attention_mask, use_reentrant=False,
-        )  # fmt: skip
+            run_blocks,
+            model,
+            resid,
+            start=block,
+            stop=block + 1,
+            attention_mask=attention_mask,
+            use_reentrant=False,
+        )
     return resid
 
 

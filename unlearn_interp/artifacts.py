@@ -135,7 +135,7 @@ def jsonable(obj: Any) -> Any:
 
 
 class RunFiles:
-    """Every file name of a run directory (DESIGN.md "The run directory"), in one place.
+    """Every file name of a run directory (docs/architecture.md "The run directory"), in one place.
 
     Relative to the run directory; per-table CSVs are ``table(name)``.
 

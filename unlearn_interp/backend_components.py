@@ -40,7 +40,7 @@ call for SmolLM2's 49,152 x 576 unembedding).
 type is exactly one of those TransformerLens classes: no parameter, buffer or hook point is
 added, so parameter names, hook names, ``state_dict`` keys, strides and storage, and
 ``init_weights`` under a seed are TransformerLens'. The subclasses are module-level, so models
-pickle, deepcopy and go to Ray workers with them. :func:`use_transformer_lens_components` puts
+serialise, deepcopy and go to Ray workers with them. :func:`use_transformer_lens_components` puts
 TransformerLens' classes back (for comparisons and benchmarks), :func:`uses_toolkit_components`
 says whether a model has them, :func:`uses_toolkit_decoding` whether its caches take the decode
 path.
@@ -64,6 +64,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
+from collections.abc import Mapping
 
 import torch.nn.functional as F
 from jaxtyping import Float, Int
@@ -166,9 +167,15 @@ def _rotated_cache_forward(
             self, query_input, key_input, value_input, entry, attention_mask
         )
     return AbstractAttention.forward(
-        self, query_input, key_input, value_input, past_kv_cache_entry,
-        additive_attention_mask, attention_mask, position_bias,
-    )  # fmt: skip
+        self,
+        query_input,
+        key_input,
+        value_input,
+        past_kv_cache_entry,
+        additive_attention_mask,
+        attention_mask,
+        position_bias,
+    )
 
 
 class RotatedCacheAttention(Attention):
@@ -210,11 +217,7 @@ def use_toolkit_components(model: HookedTransformer) -> HookedTransformer:
     if not is_tested_version():
         _log_untested(backend_version())
         return model
-    for module in model.modules():
-        ours = _TOOLKIT_CLASS.get(type(module))
-        if ours is not None:
-            module.__class__ = ours
-    return model
+    return _swap_classes(model, _TOOLKIT_CLASS)
 
 
 def use_transformer_lens_components(model: HookedTransformer) -> HookedTransformer:
@@ -223,10 +226,15 @@ def use_transformer_lens_components(model: HookedTransformer) -> HookedTransform
 
     >>> reference = use_transformer_lens_components(copy.deepcopy(model))  # doctest: +SKIP
     """
+    return _swap_classes(model, _TRANSFORMER_LENS_CLASS)
+
+
+def _swap_classes(model: HookedTransformer, classes: Mapping[type, type]) -> HookedTransformer:
+    """Give every module whose type is a key of ``classes`` that key's class, in place."""
     for module in model.modules():
-        theirs = _TRANSFORMER_LENS_CLASS.get(type(module))
-        if theirs is not None:
-            module.__class__ = theirs
+        new = classes.get(type(module))
+        if new is not None:
+            module.__class__ = new
     return model
 
 

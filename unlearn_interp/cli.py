@@ -90,9 +90,11 @@ def _add_run(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
         "--unlearned", metavar="DIR", help="unlearned HF checkpoint, same architecture"
     )
     how.add_argument(
-        "--rmu-config", dest="rmu_config_file", metavar="JSON",
+        "--rmu-config",
+        dest="rmu_config_file",
+        metavar="JSON",
         help="RMUConfig as JSON (train RMU here; RMU options override its fields)",
-    )  # fmt: skip
+    )
     add_corpus_options(parser, required=False)
     add_rmu_options(parser, jobs, layer_required=False, prefixed=("batch_size", "seed"))
     group = parser.add_argument_group("analysis")
@@ -148,9 +150,10 @@ def _add_direction(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> N
         "--layer", type=int, help="layer l = residual stream after block l (RMU reference: 7)"
     )
     parser.add_argument(
-        "--all-layers", action="store_true",
+        "--all-layers",
+        action="store_true",
         help="score candidates at every layer; without --layer, select one by the thresholds",
-    )  # fmt: skip
+    )
     parser.add_argument("--positions", type=positions, help="'last', 'all' or a token index")
     parser.add_argument("--method", choices=jobs.DIRECTION_METHODS)
     parser.add_argument(
@@ -174,9 +177,12 @@ def _add_evaluate(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> No
     )
     add_model_options(parser, jobs)
     parser.add_argument(
-        "--mcq", required=True, nargs="+", metavar="FILE",
+        "--mcq",
+        required=True,
+        nargs="+",
+        metavar="FILE",
         help="question files (.jsonl/.json/.csv/.parquet or a datasets directory)",
-    )  # fmt: skip
+    )
     parser.add_argument("--run", help="run directory holding unlearned_weights.safetensors")
     parser.add_argument(
         "--ablate",
@@ -188,10 +194,11 @@ def _add_evaluate(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> No
         "--subject", help="subject for the description line (default: per row or file name)"
     )
     parser.add_argument(
-        "--add-bos", choices=tuple(jobs.ADD_BOS),
+        "--add-bos",
+        choices=tuple(jobs.ADD_BOS),
         help="auto: as the tokenizer adds it (current lm-evaluation-harness); no: as harness "
         "versions before October 2025 did",
-    )  # fmt: skip
+    )
     parser.add_argument("--batch-size", type=int)
     parser.add_argument(
         "--out", metavar="CSV", help="write the table here (one row per variant and file)"
@@ -212,9 +219,10 @@ def _add_figures(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> Non
     add_organism_options(parser, jobs)
     add_placement_options(parser.add_argument_group("model"), jobs)
     parser.add_argument(
-        "--work", metavar="DIR",
+        "--work",
+        metavar="DIR",
         help="cache for the demo run and sweep tables (default: beside the organism cache)",
-    )  # fmt: skip
+    )
     add_force_option(parser, "the run and the sweeps")
     parser.add_argument(
         "--html", action="store_true", help="also write interactive HTML files into --work"
@@ -237,18 +245,21 @@ def _add_fetch(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"asset names: {names}")
     parser.add_argument("--force", action="store_true", help="fetch again even when cached")
     parser.add_argument(
-        "--list", dest="list_assets", action="store_true",
+        "--list",
+        dest="list_assets",
+        action="store_true",
         help="list the known assets and whether they are cached",
-    )  # fmt: skip
+    )
     use_job(parser, jobs.fetch_job)
 
 
 def _add_ledger(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
     parser = sub.add_parser(
-        "ledger", help="every recovery attack on a demo run's unlearned model (organism or real)",
+        "ledger",
+        help="every recovery attack on a demo run's unlearned model (organism or real)",
         description="Ablation, quantisation and fine-tuning attacks on --run's unlearned model and "
         "its controls -> tables/ledger.csv, figures/ledger.html, a report.md section (resumable).",
-    )  # fmt: skip
+    )
     parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a demo run")
     add_force_option(parser, "every part of the ledger")
     add_executor_options(parser)  # the ledger's parts
@@ -257,8 +268,16 @@ def _add_ledger(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None
 
 # Subcommands register themselves here, in the order they appear in --help.
 COMMANDS: list[Callable[[argparse._SubParsersAction, types.ModuleType], None]] = [
-    _add_info, _add_demo, _add_run, _add_unlearn, _add_direction, _add_evaluate, _add_figures,
-    _add_fetch, _add_ledger]  # fmt: skip
+    _add_info,
+    _add_demo,
+    _add_run,
+    _add_unlearn,
+    _add_direction,
+    _add_evaluate,
+    _add_figures,
+    _add_fetch,
+    _add_ledger,
+]
 
 
 def _add_global_options(parser: argparse.ArgumentParser) -> None:

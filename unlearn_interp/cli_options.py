@@ -76,17 +76,25 @@ def add_corpus_options(parser: argparse.ArgumentParser, required: bool) -> None:
     """The corpora RMU trains on: ``--forget``, ``--retain``, ``--min-len``."""
     group = parser.add_argument_group("corpora")
     group.add_argument(
-        "--forget", required=required, nargs="+", metavar="FILE",
+        "--forget",
+        required=required,
+        nargs="+",
+        metavar="FILE",
         help="one corpus per topic: .jsonl (a 'text' field), .txt, .parquet or a datasets dir",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--retain", required=required, nargs="+", metavar="FILE",
+        "--retain",
+        required=required,
+        nargs="+",
+        metavar="FILE",
         help="one retain corpus per --forget file, or one shared by all topics",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--min-len", type=int, metavar="CHARS",
+        "--min-len",
+        type=int,
+        metavar="CHARS",
         help="drop documents of at most this many characters (the reference uses 50)",
-    )  # fmt: skip
+    )
 
 
 def add_rmu_options(parser, jobs: types.ModuleType, layer_required: bool, prefixed=()) -> None:
@@ -175,29 +183,32 @@ def add_selection_options(parser: argparse.ArgumentParser, jobs: types.ModuleTyp
     """How ``direction`` filters tokens and picks a layer among the candidates."""
     group = parser.add_argument_group("selection")
     group.add_argument(
-        "--outlier-z", type=float,
+        "--outlier-z",
+        type=float,
         help="drop tokens whose difference-norm z-score exceeds this (for --positions all)",
-    )  # fmt: skip
+    )
     group.add_argument(
         "--min-raw-norm", type=float, help="selection threshold with --all-layers and no --layer"
     )
     group.add_argument(
-        "--min-cos-control", type=float,
+        "--min-cos-control",
+        type=float,
         help="selection threshold on |cos| with the run's control vectors",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--prefer", choices=jobs.DIRECTION_PREFERENCES,
+        "--prefer",
+        choices=jobs.DIRECTION_PREFERENCES,
         help="score that picks among the layers passing the thresholds (--all-layers, no --layer)",
-    )  # fmt: skip
+    )
 
 
 def add_executor_options(parser: argparse.ArgumentParser) -> None:
     """Where a sweep's points run: ``--executor``, ``--workers``, ``--ray-address`` (the job's
     ``executor``, ``workers`` and ``ray_address`` parameters, for ``executors.make_executor``)."""
     group = parser.add_argument_group(
-        "executor", 'where the points run (Ray: pip install -e ".[scale]"); a sweep resumes '
-        "on either executor",
-    )  # fmt: skip
+        "executor",
+        'where the points run (Ray: pip install -e ".[scale]"); a sweep resumes on either executor',
+    )
     group.add_argument("--executor", choices=EXECUTORS, help="in this process, or on Ray")
     group.add_argument("--workers", type=int, metavar="N", help="Ray worker processes (default: 2)")
     group.add_argument(

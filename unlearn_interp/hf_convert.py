@@ -276,8 +276,11 @@ def _llama_tensor(name: str, t: Tensor, cfg: HookedTransformerConfig) -> dict[st
     b, rest = f"blocks.{match.group(1)}", match.group(2)
     gqa = "_" if cfg.n_key_value_heads is not None else ""
     n_kv = cfg.n_key_value_heads or cfg.n_heads
-    transposed = {"mlp.up_proj.weight": "mlp.W_in", "mlp.gate_proj.weight": "mlp.W_gate",
-                  "mlp.down_proj.weight": "mlp.W_out"}  # fmt: skip
+    transposed = {
+        "mlp.up_proj.weight": "mlp.W_in",
+        "mlp.gate_proj.weight": "mlp.W_gate",
+        "mlp.down_proj.weight": "mlp.W_out",
+    }
     norms = {"input_layernorm.weight": "ln1.w", "post_attention_layernorm.weight": "ln2.w"}
     if rest in transposed:
         return {f"{b}.{transposed[rest]}": t.T}

@@ -269,8 +269,12 @@ def _load_local_checkpoint(
     hf_config = hf_convert.read_hf_config(path, trust_remote_code)
     cfg = hf_convert.tl_config_from_hf(hf_config, model_name=path.name, dtype=dtype, device=device)
     if first_blocks is not None:
-        log.info("%s: loading only its first %s of %s blocks, without the unembedding",
-                 path, first_blocks, cfg.n_layers)  # fmt: skip
+        log.info(
+            "%s: loading only its first %s of %s blocks, without the unembedding",
+            path,
+            first_blocks,
+            cfg.n_layers,
+        )
         cfg = truncated_config(cfg, first_blocks)
     tokenizer = _local_tokenizer(path, trust_remote_code)  # first: its transient memory is freed
     shards = hf_convert.checkpoint_shards(path)
@@ -280,8 +284,11 @@ def _load_local_checkpoint(
         tied = bool(getattr(hf_config, "tie_word_embeddings", False))
         hf_convert.load_checkpoint_tensors(dict(model.named_parameters()), shards, cfg, tied)
     else:
-        log.info("%s has no safetensors shards: loading it through transformers (peak host "
-                 "memory about twice the model's)", path)  # fmt: skip
+        log.info(
+            "%s has no safetensors shards: loading it through transformers (peak host "
+            "memory about twice the model's)",
+            path,
+        )
         into = _truncated_unfilled_model(cfg) if truncated else None
         model = hf_convert.model_through_transformers(path, cfg, trust_remote_code, into)
     attach_tokenizer(model, tokenizer)

@@ -368,14 +368,19 @@ def _gap_rows(
 ) -> list[dict[str, Any]]:
     """The table rows of one (variant, against) pair: each task, then their mean."""
     rows = []
-    for task, point, rep in zip([*tasks, MEAN_TASK], [*points, np.mean(points)],
-                                [*reps, np.mean(reps, axis=0)], strict=True):  # fmt: skip
+    for task, point, rep in zip(
+        [*tasks, MEAN_TASK], [*points, np.mean(points)], [*reps, np.mean(reps, axis=0)], strict=True
+    ):
         low, high, excluded = _interval(rep, confidence)
         if excluded:
             log.info(
                 "gap recovered of %s against %s on %s: %d of %d replicates had no gap",
-                variant, against, task, excluded, n_boot,
-            )  # fmt: skip
+                variant,
+                against,
+                task,
+                excluded,
+                n_boot,
+            )
         rows.append(
             {
                 "variant": variant,

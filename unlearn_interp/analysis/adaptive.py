@@ -1,4 +1,4 @@
-"""Adaptive RMU (Dang et al., SCIENCE.md section 3): the measurements and the RMU retraining sweeps.
+"""Adaptive RMU (Dang et al., docs/methods.md): the measurements and the RMU retraining sweeps.
 
 Measurements of a model as it is now: :func:`cos_distribution` (cos(u, h) per token),
 :func:`forget_norm_by_layer` and :func:`training_curves`. Sweeps on the one engine
@@ -225,17 +225,25 @@ class _Probes:
         cos = pd.concat(
             [
                 cos_distribution(
-                    model, prompts, vectors[t], layer, positions=self.positions,
+                    model,
+                    prompts,
+                    vectors[t],
+                    layer,
+                    positions=self.positions,
                     batch_size=self.setup.batch_size,
                 ).assign(topic=t)
                 for t, prompts in enumerate(self.cos_prompts)
             ],
             ignore_index=True,
-        )  # fmt: skip
+        )
         max_logit = evaluation.max_logit(
-            model, self.maxlogit_items, self.maxlogit_tokens, batch_size=self.setup.batch_size,
-            prompt_template=self.setup.prompt_template, progress=False,
-        )  # fmt: skip
+            model,
+            self.maxlogit_items,
+            self.maxlogit_tokens,
+            batch_size=self.setup.batch_size,
+            prompt_template=self.setup.prompt_template,
+            progress=False,
+        )
         all_prompts = [p for prompts in self.cos_prompts for p in prompts]
         norms = forget_norm_by_layer(
             model, all_prompts, positions=self.positions, batch_size=self.setup.batch_size
@@ -295,9 +303,11 @@ def coefficient_sweep(
     probes = _coefficient_probes(
         forget, mcq, cos_prompts, maxlogit_items, maxlogit_tokens, setup, positions
     )
-    paths = None if table_dir is None else {
-        name: Path(table_dir) / f"coef_sweep_{name}.csv" for name in _Probes.TABLES
-    }  # fmt: skip
+    paths = (
+        None
+        if table_dir is None
+        else {name: Path(table_dir) / f"coef_sweep_{name}.csv" for name in _Probes.TABLES}
+    )
     return run_sweep_tables(
         points,
         functools.partial(_coefficient_point, run, probes),

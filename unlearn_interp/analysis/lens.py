@@ -52,13 +52,33 @@ from unlearn_interp.models import Model
 from unlearn_interp.stats import accuracy_intervals
 from unlearn_interp.variants import Variant, applied
 
-COLUMNS = ("variant", "prompt_set", "lens", "layer", "answer_rank_mean", "answer_rank_median",
-           "answer_logprob", "choice_accuracy", "ci_low", "ci_high", "n")  # fmt: skip
+COLUMNS = (
+    "variant",
+    "prompt_set",
+    "lens",
+    "layer",
+    "answer_rank_mean",
+    "answer_rank_median",
+    "answer_logprob",
+    "choice_accuracy",
+    "ci_low",
+    "ci_high",
+    "n",
+)
 # Rows decoded through the unembedding at once: 256 x a 49k vocabulary is 50 MB of float32, and
 # each call has a fixed cost (TransformerLens copies the unembedding matrix on every call).
 DECODE_ROWS = 256
-ITEM_COLUMNS = ("variant", "prompt_set", "lens", "layer", "item", "group", "rank", "logprob",
-                "correct")  # fmt: skip
+ITEM_COLUMNS = (
+    "variant",
+    "prompt_set",
+    "lens",
+    "layer",
+    "item",
+    "group",
+    "rank",
+    "logprob",
+    "correct",
+)
 
 # ---------------------------------------------------------------------------------------------
 # Which token is scored
@@ -114,9 +134,14 @@ def answer_scores(
     choice_lp = logprobs.gather(1, questions.choice_tokens.to(logprobs.device))
     is_answer = torch.nn.functional.one_hot(questions.answers, choice_lp.shape[1]).bool()
     others = choice_lp.masked_fill(is_answer.to(logprobs.device), -math.inf).amax(dim=1)
-    return pd.DataFrame({"item": np.arange(len(questions)), "rank": rank.cpu().numpy(),
-                         "logprob": answer_lp.double().cpu().numpy(),
-                         "correct": (answer_lp > others).long().cpu().numpy()})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "item": np.arange(len(questions)),
+            "rank": rank.cpu().numpy(),
+            "logprob": answer_lp.double().cpu().numpy(),
+            "correct": (answer_lp > others).long().cpu().numpy(),
+        }
+    )
 
 
 def _layer_scores(
@@ -164,9 +189,15 @@ def lens_items(
             with torch.no_grad(), applied(variant, model):
                 for lens_name, chosen in lenses.items():
                     for layer, scores in _layer_scores(model, resid, qs, layers, chosen):
-                        frames.append(scores.assign(variant=variant.name, prompt_set=set_name,
-                                                    lens=lens_name, layer=layer,
-                                                    group=list(qs.groups)))  # fmt: skip
+                        frames.append(
+                            scores.assign(
+                                variant=variant.name,
+                                prompt_set=set_name,
+                                lens=lens_name,
+                                layer=layer,
+                                group=list(qs.groups),
+                            )
+                        )
     return pd.concat(frames, ignore_index=True)[list(ITEM_COLUMNS)]
 
 
@@ -235,8 +266,11 @@ def summarise_lens(items: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd
         n=("item", "size"),
     )
     table = table.reset_index().astype({"answer_rank_mean": float, "answer_rank_median": float})
-    for column, source in (("choice_accuracy", "accuracy"), ("ci_low", "ci_low"),
-                           ("ci_high", "ci_high")):  # fmt: skip
+    for column, source in (
+        ("choice_accuracy", "accuracy"),
+        ("ci_low", "ci_low"),
+        ("ci_high", "ci_high"),
+    ):
         table[column] = intervals.loc[[str(i) for i in range(len(table))], source].to_numpy()
     return table[list(COLUMNS)]
 

@@ -76,11 +76,28 @@ def noise_sensitivity(
     scales = _checked_scales(noise_scale, n_samples, noise, output)
     layers = layers_or_all(model, layers)
     measure = functools.partial(
-        _phi_rows, model, prompts, scales=scales, n_samples=n_samples, noise=noise, output=output,
-        positions=positions, seed=seed, batch_size=batch_size, max_len=max_len,
-    )  # fmt: skip
-    settings = {"scales": scales, "n_samples": n_samples, "noise": noise, "output": output, "seed": seed,
-                "positions": positions, "n_prompts": len(prompts), "max_len": max_len}  # fmt: skip
+        _phi_rows,
+        model,
+        prompts,
+        scales=scales,
+        n_samples=n_samples,
+        noise=noise,
+        output=output,
+        positions=positions,
+        seed=seed,
+        batch_size=batch_size,
+        max_len=max_len,
+    )
+    settings = {
+        "scales": scales,
+        "n_samples": n_samples,
+        "noise": noise,
+        "output": output,
+        "seed": seed,
+        "positions": positions,
+        "n_prompts": len(prompts),
+        "max_len": max_len,
+    }
     return run_sweep(
         [{"layer": layer} for layer in layers],
         measure,

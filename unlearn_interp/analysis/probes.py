@@ -171,8 +171,9 @@ def first_token_readouts(questions: QuestionSet) -> Readouts:
     """A question set read at its last context token through each choice's first token."""
     n, width = questions.choice_tokens.shape
     rows = torch.arange(n).unsqueeze(1).expand(n, width).clone()
-    return Readouts(questions.contexts, rows, questions.choice_tokens, questions.answers,
-                    questions.groups)  # fmt: skip
+    return Readouts(
+        questions.contexts, rows, questions.choice_tokens, questions.answers, questions.groups
+    )
 
 
 def organism_readouts(org: Organism, domain: str = "hazardous") -> dict[str, Readouts]:
@@ -219,16 +220,20 @@ class Probe:
     std: Float[Tensor, " d_model"]
 
     def scores(
-        self, resid: Float[Tensor, "n_rows d_model"], rows: Int[Tensor, "n c"],
+        self,
+        resid: Float[Tensor, "n_rows d_model"],
+        rows: Int[Tensor, "n c"],
         vectors: Float[Tensor, "n c d_model"],
-    ) -> Float[Tensor, "n c"]:  # fmt: skip
+    ) -> Float[Tensor, "n c"]:
         """Each question's candidate scores."""
         return self.features(resid, rows, vectors) @ self.weight
 
     def features(
-        self, resid: Float[Tensor, "n_rows d_model"], rows: Int[Tensor, "n c"],
+        self,
+        resid: Float[Tensor, "n_rows d_model"],
+        rows: Int[Tensor, "n c"],
         vectors: Float[Tensor, "n c d_model"],
-    ) -> Float[Tensor, "n c d_model"]:  # fmt: skip
+    ) -> Float[Tensor, "n c d_model"]:
         return (resid[rows] - self.mean) / self.std * vectors
 
 
@@ -343,10 +348,20 @@ def _per_item(own: np.ndarray, reference: np.ndarray, shuffled: list[np.ndarray]
     parts = [("own", math.nan, own), ("reference", math.nan, reference)]
     parts += [("shuffled", float(k), correct) for k, correct in enumerate(shuffled)]
     return pd.concat(
-        [pd.DataFrame({"variant": probe, "task": "probe", "seed": seed,
-                       "item": np.arange(len(c)), "correct": c}) for probe, seed, c in parts],
+        [
+            pd.DataFrame(
+                {
+                    "variant": probe,
+                    "task": "probe",
+                    "seed": seed,
+                    "item": np.arange(len(c)),
+                    "correct": c,
+                }
+            )
+            for probe, seed, c in parts
+        ],
         ignore_index=True,
-    )  # fmt: skip
+    )
 
 
 def _probe_rows(
@@ -354,8 +369,9 @@ def _probe_rows(
 ) -> pd.DataFrame:
     """Accuracy and interval of the own, reference and shuffled probes on one variant and layer."""
     own = _fold_correct(setting, _fold_probes(setting, resid), resid)
-    shuffled = [_fold_correct(setting, _fold_probes(setting, resid, k), resid)
-                for k in range(n_shuffles)]  # fmt: skip
+    shuffled = [
+        _fold_correct(setting, _fold_probes(setting, resid, k), resid) for k in range(n_shuffles)
+    ]
     per_item = _per_item(own, _fold_correct(setting, reference, resid), shuffled)
     table = stats.accuracy_intervals(per_item, n_boot=n_boot, seed=setting.seed)
     return table.rename(columns={"variant": "probe", "n_items": "n"})[
@@ -364,13 +380,21 @@ def _probe_rows(
 
 
 def _readout_resid(
-    model: Model, readout: Readouts, variant: Variant, layers: list[int], batch_size: int,
+    model: Model,
+    readout: Readouts,
+    variant: Variant,
+    layers: list[int],
+    batch_size: int,
     store: ResidStore | None,
-) -> Float[Tensor, "n_rows n_layers d_model"]:  # fmt: skip
+) -> Float[Tensor, "n_rows n_layers d_model"]:
     """The residual stream at every readout context's last token, after each of ``layers``."""
     n = len(readout.contexts)
-    contexts = QuestionSet(readout.contexts, torch.zeros(n, 1, dtype=torch.long),
-                           torch.zeros(n, dtype=torch.long), tuple(map(str, range(n))))  # fmt: skip
+    contexts = QuestionSet(
+        readout.contexts,
+        torch.zeros(n, 1, dtype=torch.long),
+        torch.zeros(n, dtype=torch.long),
+        tuple(map(str, range(n))),
+    )
     resid = question_resid(model, contexts, variant, layers, batch_size, store)
     if not torch.isfinite(resid).all():
         raise UnlearnInterpError(f"variant {variant.name!r} gives non-finite activations")
@@ -378,9 +402,12 @@ def _readout_resid(
 
 
 def _checked_inputs(
-    variants: Sequence[Variant], questions: Mapping[str, QuestionSet | Readouts], reference: str,
-    l2: float, n_shuffles: int,
-) -> dict[str, Readouts]:  # fmt: skip
+    variants: Sequence[Variant],
+    questions: Mapping[str, QuestionSet | Readouts],
+    reference: str,
+    l2: float,
+    n_shuffles: int,
+) -> dict[str, Readouts]:
     names = [v.name for v in variants]
     if not names or len(set(names)) != len(names):
         raise UnlearnInterpError(f"give at least one variant, each name once; got {names}")
@@ -395,8 +422,10 @@ def _checked_inputs(
         )
     if not is_int(n_shuffles) or n_shuffles < 1:
         raise UnlearnInterpError(f"n_shuffles {n_shuffles!r} must be a positive integer")
-    return {label: q if isinstance(q, Readouts) else first_token_readouts(q)
-            for label, q in questions.items()}  # fmt: skip
+    return {
+        label: q if isinstance(q, Readouts) else first_token_readouts(q)
+        for label, q in questions.items()
+    }
 
 
 def layer_probes(
@@ -430,18 +459,27 @@ def layer_probes(
     for label, readout in sets.items():
         n, width = readout.tokens.shape
         vectors = unembedding_vectors(model, readout.tokens.flatten()).double().cpu()
-        setting = _Setting(readout, entity_folds(readout.groups, n_folds, seed),
-                           vectors.reshape(n, width, -1), float(l2), seed)  # fmt: skip
-        resid = {v.name: _readout_resid(model, readout, v, layers, batch_size, store)
-                 for v in variants}  # fmt: skip
+        setting = _Setting(
+            readout,
+            entity_folds(readout.groups, n_folds, seed),
+            vectors.reshape(n, width, -1),
+            float(l2),
+            seed,
+        )
+        resid = {
+            v.name: _readout_resid(model, readout, v, layers, batch_size, store) for v in variants
+        }
         for j, layer in enumerate(layers):
             base_probes = _fold_probes(setting, resid[reference][:, j])
             for variant in variants:
                 rows = _probe_rows(
                     setting, resid[variant.name][:, j], base_probes, n_shuffles, n_boot
                 )
-                frames.append(rows.assign(variant=variant.name, label=label, layer=layer,
-                                          chance=readout.chance()))  # fmt: skip
+                frames.append(
+                    rows.assign(
+                        variant=variant.name, label=label, layer=layer, chance=readout.chance()
+                    )
+                )
                 bar.update()
     bar.close()
     return pd.concat(frames, ignore_index=True)[list(COLUMNS)]

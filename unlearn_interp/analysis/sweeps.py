@@ -188,7 +188,7 @@ class _Ordered:
                     if name in self.blocks[pid]
                 ],
                 ignore_index=True,
-            )  # fmt: skip
+            )
             for name in names
         }
 
@@ -225,8 +225,11 @@ def _marked(frame: pd.DataFrame, is_failure: bool, any_failed: bool) -> pd.DataF
     bool columns nullable types, so the failed rows' blanks do not turn 3 into 3.0 on disk."""
     if not any_failed or is_failure:
         return frame
-    nullable = {c: "Int64" if kind == "i" else "boolean"
-                for c, kind in frame.dtypes.map(lambda d: d.kind).items() if kind in "ib"}  # fmt: skip
+    nullable = {
+        c: "Int64" if kind == "i" else "boolean"
+        for c, kind in frame.dtypes.map(lambda d: d.kind).items()
+        if kind in "ib"
+    }
     return frame.astype(nullable).assign(**{FAILED: False})
 
 
@@ -359,10 +362,13 @@ class _SweepStore:
             with artifacts.atomic_path(self.paths[name]) as tmp:
                 table.to_csv(tmp, index=False)
         entries = [
-            {"point": json.loads(pid), FAILED: pid in ordered.failed,
-             "rows": {name: len(t) for name, t in ordered.blocks[pid].items()}}
+            {
+                "point": json.loads(pid),
+                FAILED: pid in ordered.failed,
+                "rows": {name: len(t) for name, t in ordered.blocks[pid].items()},
+            }
             for pid in ordered.ids
-        ]  # fmt: skip
+        ]
         finished = [e for e in entries if not e[FAILED]]
         counts = {name: sum(e["rows"].get(name, 0) for e in finished) for name in self.names}
         record = {

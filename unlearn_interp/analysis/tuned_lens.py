@@ -124,8 +124,15 @@ class TunedLens:
         safetensors path."""
         tensors_path, json_path = _lens_paths(path)
         models.save_weights({"A": self.A, "b": self.b}, tensors_path)
-        write_json(json_path, {"format": FORMAT, "layers": list(self.layers),
-                               "d_model": self.d_model, "settings": self.settings})  # fmt: skip
+        write_json(
+            json_path,
+            {
+                "format": FORMAT,
+                "layers": list(self.layers),
+                "d_model": self.d_model,
+                "settings": self.settings,
+            },
+        )
         return tensors_path
 
     @classmethod
@@ -305,11 +312,21 @@ def fit_tuned_lens(
         select = _keep_at_most(select_positions(batch, "all"), max_tokens, generator)
         losses.append(_lens_step(model, batch, select, layers, variant, (A, b)))
         optimizer.step()
-    settings = {"steps": steps, "lr": lr, "batch_size": batch_size, "max_len": max_len,
-                "max_tokens": max_tokens, "seed": seed, "n_texts": len(texts), "variant": variant.name if variant else None,
-                "model_name": models.model_name(model), "first_loss": losses[0],
-                "final_loss": losses[-1], "seconds": time.perf_counter() - started,
-                "versions": library_versions()}  # fmt: skip
+    settings = {
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "max_len": max_len,
+        "max_tokens": max_tokens,
+        "seed": seed,
+        "n_texts": len(texts),
+        "variant": variant.name if variant else None,
+        "model_name": models.model_name(model),
+        "first_loss": losses[0],
+        "final_loss": losses[-1],
+        "seconds": time.perf_counter() - started,
+        "versions": library_versions(),
+    }
     return TunedLens(tuple(layers), A.detach(), b.detach(), settings)
 
 
@@ -370,8 +387,10 @@ def lens_kl(
                 logprobs = decode_logprobs(model, hidden[i], layer, lens)
                 sums[i] += _kl_per_token(target, logprobs).double().sum().cpu()
     name = LOGIT if lens is None else TUNED
-    rows = [{"layer": layer, "lens": name, "kl": float(sums[i] / n_tokens), "n_tokens": n_tokens}
-            for i, layer in enumerate(layers)]  # fmt: skip
+    rows = [
+        {"layer": layer, "lens": name, "kl": float(sums[i] / n_tokens), "n_tokens": n_tokens}
+        for i, layer in enumerate(layers)
+    ]
     return pd.DataFrame(rows, columns=list(KL_COLUMNS))
 
 

@@ -70,8 +70,10 @@ def orthonormal_by_layer(
     for index, residual in dropped:
         log.warning(
             "per-layer ablation: the candidate of layer %d lies in the span of the earlier "
-            "layers' (orthogonal share %.2g), so it adds no direction", layers[index], residual
-        )  # fmt: skip
+            "layers' (orthogonal share %.2g), so it adds no direction",
+            layers[index],
+            residual,
+        )
     return {layers[index]: row.float() for index, row in kept}
 
 

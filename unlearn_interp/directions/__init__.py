@@ -41,7 +41,6 @@ from unlearn_interp.activations import (
     mean_activations,
     select_positions,
 )
-from unlearn_interp.activations import capture_resid as forward_selected
 from unlearn_interp.directions.artifact import (
     DEPENDENT_RTOL,
     FORMAT,
@@ -96,7 +95,6 @@ __all__ = [
     "candidate_directions",
     "check_positions",
     "extract_direction",
-    "forward_selected",
     "iter_batches",
     "junk_direction",
     "junk_subspace",

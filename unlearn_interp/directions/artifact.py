@@ -117,8 +117,13 @@ class Direction:
         >>> Direction.at(Origin(1, "last", 6, "m"), torch.ones(4), 2.0, "diff_in_means").vector
         tensor([0.5000, 0.5000, 0.5000, 0.5000])
         """
-        return cls(vector, raw_norm, **dataclasses.asdict(origin), method=method,
-                   metadata=dict(metadata or {}))  # fmt: skip
+        return cls(
+            vector,
+            raw_norm,
+            **dataclasses.asdict(origin),
+            method=method,
+            metadata=dict(metadata or {}),
+        )
 
     @property
     def origin(self) -> Origin:

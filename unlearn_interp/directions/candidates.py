@@ -276,8 +276,13 @@ def select_direction(
         "n_passing": int(passes.sum()),
         "table": json_ready(table.to_dict(orient="records")),
     }
-    log.info("selected layer %d by %s (%d of %d candidates pass)",
-             chosen, prefer, int(passes.sum()), len(table))  # fmt: skip
+    log.info(
+        "selected layer %d by %s (%d of %d candidates pass)",
+        chosen,
+        prefer,
+        int(passes.sum()),
+        len(table),
+    )
     return candidates.direction(chosen, metadata={"selection": selection})
 
 

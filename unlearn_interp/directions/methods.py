@@ -111,9 +111,15 @@ def junk_direction(
     if method == "diff_in_means" and outlier_z is None:
         if candidates is None:
             candidates = candidate_directions(
-                model, base, unlearned, prompts, [layer], positions,
-                batch_size=batch_size, max_len=max_len,
-            )  # fmt: skip
+                model,
+                base,
+                unlearned,
+                prompts,
+                [layer],
+                positions,
+                batch_size=batch_size,
+                max_len=max_len,
+            )
         return _from_candidates(candidates, asked)
     return _from_token_differences(model, base, unlearned, asked, method, outlier_z)
 
@@ -185,8 +191,9 @@ def _paired_rows(
     def keep(_: int, rows: Tensor) -> None:
         found.append(rows.double())
 
-    batches = iter_batches(model, asked.prompts, asked.batch_size, asked.max_len,
-                           "token differences")  # fmt: skip
+    batches = iter_batches(
+        model, asked.prompts, asked.batch_size, asked.max_len, "token differences"
+    )
     for start, batch in batches:
         select = select_positions(batch, asked.positions, first_prompt=start)
         found.clear()
@@ -335,9 +342,16 @@ def extract_direction(
     if layer is not None:
         models.check_layer(model, layer, field="layer")
     cands = candidate_directions(
-        model, base, unlearned, prompts, None if all_layers else [layer], positions,
-        control_vectors, batch_size, max_len,
-    )  # fmt: skip
+        model,
+        base,
+        unlearned,
+        prompts,
+        None if all_layers else [layer],
+        positions,
+        control_vectors,
+        batch_size,
+        max_len,
+    )
     by_candidates = method == "diff_in_means" and outlier_z is None
     extra: dict[str, Any] = {}
     if layer is None:
@@ -350,8 +364,17 @@ def extract_direction(
     if by_candidates:
         return cands.direction(layer), cands
     direction = junk_direction(
-        model, base, unlearned, prompts, layer, positions, method, retain_prompts, outlier_z,
-        batch_size, max_len,
-    )  # fmt: skip
+        model,
+        base,
+        unlearned,
+        prompts,
+        layer,
+        positions,
+        method,
+        retain_prompts,
+        outlier_z,
+        batch_size,
+        max_len,
+    )
     direction.metadata.update(scores=cands.row(layer), **extra)
     return direction, cands

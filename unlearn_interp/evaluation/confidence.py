@@ -70,9 +70,15 @@ def max_logit(
     """
     texts = _prompt_texts(items_or_prompts, subject, prompt_template)
     gen = generate(
-        model, texts, k, batch_size=batch_size, use_chat_template=False,
-        stop_at_eos=False, fwd_hooks=fwd_hooks, progress=progress,
-    )  # fmt: skip
+        model,
+        texts,
+        k,
+        batch_size=batch_size,
+        use_chat_template=False,
+        stop_at_eos=False,
+        fwd_hooks=fwd_hooks,
+        progress=progress,
+    )
     rows = [
         {"item": i, "step": s, "token": t, "max_logit": m, "entropy": e}
         for i in range(len(texts))

@@ -105,8 +105,10 @@ def generate(
         log.warning(
             "some prompts do not fit the model's %d-token context with %d new tokens; "
             "their first tokens are cut (only the last %d are kept)",
-            models.n_ctx(model), max_new_tokens, keep,
-        )  # fmt: skip
+            models.n_ctx(model),
+            max_new_tokens,
+            keep,
+        )
     out = Generation([], [], [], [])
     bar = tqdm(total=len(ids), desc="generating", unit="prompt", disable=None if progress else True)
     with torch.no_grad(), hooks_installed(model, fwd_hooks), bar:

@@ -74,8 +74,20 @@ class OrganismConfig:
     rmu_layer: int = 2  # residual stream after this block; update layers rmu_layer-2..rmu_layer
 
     def __post_init__(self) -> None:
-        positive = ("entities_per_kind", "docs_per_entity", "vocab_size", "n_layers", "d_model",
-                    "n_heads", "d_mlp", "n_ctx", "batch_size", "max_steps", "eval_every", "qa_repeats")  # fmt: skip
+        positive = (
+            "entities_per_kind",
+            "docs_per_entity",
+            "vocab_size",
+            "n_layers",
+            "d_model",
+            "n_heads",
+            "d_mlp",
+            "n_ctx",
+            "batch_size",
+            "max_steps",
+            "eval_every",
+            "qa_repeats",
+        )
         for name in positive:
             check_int(getattr(self, name), f"OrganismConfig.{name}", minimum=1)
         if self.entities_per_kind < 4:
@@ -342,6 +354,12 @@ def initial_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast) -> Mo
     """
     torch.manual_seed(cfg.seed)
     return models.random_model(
-        n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_mlp=cfg.d_mlp,
-        n_ctx=cfg.n_ctx, seed=cfg.seed, tokenizer=tokenizer, device="cpu",
-    )  # fmt: skip
+        n_layers=cfg.n_layers,
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        d_mlp=cfg.d_mlp,
+        n_ctx=cfg.n_ctx,
+        seed=cfg.seed,
+        tokenizer=tokenizer,
+        device="cpu",
+    )

@@ -63,23 +63,39 @@ def run_checkpoint(
     run_dir = RunDir(out, force=force)
     model = models.load_model(base, device=device, dtype=dtype)
     models.check_layer(model, layer)
-    settings = {"job": "run", "base": str(base), "unlearned": str(unlearned) if unlearned else None,
-                "rmu": rmu_config.to_dict() if rmu_config else None, "layer": layer, "seed": seed,
-                "mcq_mode": mcq_mode, "tasks": {k: len(v) for k, v in tasks.items()}}  # fmt: skip
+    settings = {
+        "job": "run",
+        "base": str(base),
+        "unlearned": str(unlearned) if unlearned else None,
+        "rmu": rmu_config.to_dict() if rmu_config else None,
+        "layer": layer,
+        "seed": seed,
+        "mcq_mode": mcq_mode,
+        "tasks": {k: len(v) for k, v in tasks.items()},
+    }
     run_dir.check_settings(settings)
     subject = Subject(
-        model=model, title=models.model_name(model),
+        model=model,
+        title=models.model_name(model),
         tasks={name: Task(list(items), mcq_mode) for name, items in tasks.items()},
         forget_tasks=tuple(forget_tasks),
         prompts={"forget": list(prompts), "retain": list(retain_prompts or prompts)},
-        layer=layer, generation_prompts=list(prompts[:4]),
+        layer=layer,
+        generation_prompts=list(prompts[:4]),
         forget_corpora=[list(c) for c in forget_corpora],
         retain_corpora=[list(c) for c in retain_corpora],
-        batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
-    )  # fmt: skip
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+    )
     first: Step = Unlearn(rmu_config) if rmu_config is not None else CheckpointDifference(unlearned)
-    steps = [first, Directions(), Accuracy(VARIANT_NAMES), LayerProfile(VARIANT_NAMES),
-             Generations(VARIANT_NAMES)]  # fmt: skip
+    steps = [
+        first,
+        Directions(),
+        Accuracy(VARIANT_NAMES),
+        LayerProfile(VARIANT_NAMES),
+        Generations(VARIANT_NAMES),
+    ]
     report = Report(f"RMU is mostly shallow: {subject.title}")
     return run_pipeline(Run(run_dir, subject, progress), steps, report)
 

@@ -1,4 +1,4 @@
-"""The committed figures: every figure of SCIENCE.md redrawn on the model organism.
+"""The committed figures: every figure of docs/methods.md's papers redrawn on the model organism.
 
 ``unlearn-interp figures --out figures/ --size demo`` runs :func:`make_figures`:
 
@@ -255,21 +255,38 @@ def adaptive_tables(
     setup = analysis.MCQSetup(mode=org.mcq_mode, prompt_template=org.qa_template, batch_size=32)
     corpora = dict(forget=[org.forget_corpus], retain=[org.retain_corpus], mcq=org.mcq)
     coef = analysis.coefficient_sweep(
-        org.model, **corpora, base_cfg=cfg, coefs=settings.coefs,
+        org.model,
+        **corpora,
+        base_cfg=cfg,
+        coefs=settings.coefs,
         cos_prompts=[org.hazardous_prompts],
         maxlogit_items=org.hazardous_mcq[: settings.maxlogit_items],
-        maxlogit_tokens=settings.maxlogit_tokens, setup=setup, table_dir=sweep_dir,
-        progress=progress, executor=executor,
-    )  # fmt: skip
+        maxlogit_tokens=settings.maxlogit_tokens,
+        setup=setup,
+        table_dir=sweep_dir,
+        progress=progress,
+        executor=executor,
+    )
     layers = analysis.layer_sweep(
-        org.model, **corpora, base_cfg=cfg, beta=settings.beta, setup=setup,
-        table_path=sweep_dir / "layer_sweep.csv", progress=progress, executor=executor,
-    )  # fmt: skip
+        org.model,
+        **corpora,
+        base_cfg=cfg,
+        beta=settings.beta,
+        setup=setup,
+        table_path=sweep_dir / "layer_sweep.csv",
+        progress=progress,
+        executor=executor,
+    )
     noise = analysis.noise_sensitivity(
-        org.model, org.hazardous_prompts, noise_scale=_noise_scales(org, settings.noise_factors),
-        n_samples=settings.noise_samples, seed=seed, table_path=sweep_dir / "noise.csv",
-        progress=progress, executor=executor,
-    )  # fmt: skip
+        org.model,
+        org.hazardous_prompts,
+        noise_scale=_noise_scales(org, settings.noise_factors),
+        n_samples=settings.noise_samples,
+        seed=seed,
+        table_path=sweep_dir / "noise.csv",
+        progress=progress,
+        executor=executor,
+    )
     return {"coef": coef, "layers": layers, "noise": noise, "rmu_layer": org.rmu_layer}
 
 

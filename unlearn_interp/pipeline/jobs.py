@@ -36,7 +36,7 @@ from unlearn_interp.executors import make_executor
 from unlearn_interp.interventions import ablation_hooks
 from unlearn_interp.pipeline.checkpoint import run_checkpoint
 from unlearn_interp.pipeline.gallery import make_figures
-from unlearn_interp.pipeline.ledger.step import STEP as LEDGER_STEP
+from unlearn_interp.pipeline.ledger.step import LEDGER_STEP
 from unlearn_interp.pipeline.ledger.table import ledger_lines, ledger_summary
 from unlearn_interp.pipeline.organism_demo import run_demo
 from unlearn_interp.pipeline.rundir import RunDir
@@ -220,9 +220,17 @@ def figures_job(
     """Every committed figure as a PNG in ``out``; returns their paths, one a line."""
     with make_executor(executor, workers=workers, address=ray_address) as runner:
         paths = make_figures(
-            out, size=size, seed=seed, work_dir=work, force=force, html=html, progress=progress,
-            device=device, dtype=DTYPES[dtype], executor=runner,
-        )  # fmt: skip
+            out,
+            size=size,
+            seed=seed,
+            work_dir=work,
+            force=force,
+            html=html,
+            progress=progress,
+            device=device,
+            dtype=DTYPES[dtype],
+            executor=runner,
+        )
     return "".join(f"{p}\n" for p in paths)
 
 
@@ -280,8 +288,12 @@ def ledger_job(
 
 
 DEMO_JOBS = {"demo": ("size", "seed"), "model_demo": ("seeds", "topic")}
-WEIGHT_FILES = (RunFiles.UNLEARNED_WEIGHTS, RunFiles.BASE_WEIGHTS, RunFiles.DIRECTION,
-                RunFiles.RANDOM_DIRECTION)  # fmt: skip
+WEIGHT_FILES = (
+    RunFiles.UNLEARNED_WEIGHTS,
+    RunFiles.BASE_WEIGHTS,
+    RunFiles.DIRECTION,
+    RunFiles.RANDOM_DIRECTION,
+)
 
 
 def finished_demo_settings(run: str | os.PathLike) -> dict[str, Any]:
@@ -305,8 +317,11 @@ def finished_demo_settings(run: str | os.PathLike) -> dict[str, Any]:
             "demo settings); the ledger attacks a demo's unlearned model"
         )
     folder = run_dir.path(_weights_folder(run_dir, pipeline))
-    missing = [str((folder / n).relative_to(run_dir.root)) for n in WEIGHT_FILES
-               if not (folder / n).is_file()]  # fmt: skip
+    missing = [
+        str((folder / n).relative_to(run_dir.root))
+        for n in WEIGHT_FILES
+        if not (folder / n).is_file()
+    ]
     if missing:
         option = "" if job == "demo" else " --model smollm2-135m"
         raise UnlearnInterpError(
@@ -397,14 +412,25 @@ def run_job(
         _check_checkpoint_settings(settings)
     forget_corpora, retain_corpora = load_corpora(forget, retain, min_len) if config else ([], [])
     metrics = run_checkpoint(
-        out, base=base, tasks=tasks, forget_tasks=[Path(f).stem for f in forget_mcq],
+        out,
+        base=base,
+        tasks=tasks,
+        forget_tasks=[Path(f).stem for f in forget_mcq],
         prompts=data.load_prompts(prompts),
         retain_prompts=data.load_prompts(retain_prompts) if retain_prompts else None,
-        layer=settings.get("layer"), unlearned=unlearned, rmu_config=config,
-        forget_corpora=forget_corpora, retain_corpora=retain_corpora, mcq_mode=mode,
-        device=device, dtype=DTYPES[dtype], batch_size=batch_size, seed=seed, force=force,
+        layer=settings.get("layer"),
+        unlearned=unlearned,
+        rmu_config=config,
+        forget_corpora=forget_corpora,
+        retain_corpora=retain_corpora,
+        mcq_mode=mode,
+        device=device,
+        dtype=DTYPES[dtype],
+        batch_size=batch_size,
+        seed=seed,
+        force=force,
         progress=progress,
-    )  # fmt: skip
+    )
     return demo_summary(metrics, out)
 
 
@@ -466,11 +492,23 @@ def direction_job(
     loaded = load_model(model, device, dtype)
     unlearned_variant, controls = _unlearned_variant(loaded, run, unlearned)
     direction, candidates = directions.extract_direction(
-        loaded, Variant("base"), unlearned_variant, prompt_list, layer=layer,
-        all_layers=all_layers, positions=positions, method=method, retain_prompts=retain,
-        outlier_z=outlier_z, control_vectors=controls, min_raw_norm=min_raw_norm,
-        min_cos_control=min_cos_control, prefer=prefer, batch_size=batch_size, max_len=max_len,
-    )  # fmt: skip
+        loaded,
+        Variant("base"),
+        unlearned_variant,
+        prompt_list,
+        layer=layer,
+        all_layers=all_layers,
+        positions=positions,
+        method=method,
+        retain_prompts=retain,
+        outlier_z=outlier_z,
+        control_vectors=controls,
+        min_raw_norm=min_raw_norm,
+        min_cos_control=min_cos_control,
+        prefer=prefer,
+        batch_size=batch_size,
+        max_len=max_len,
+    )
     paths = directions.save_extraction(out, direction, candidates)
     return (
         f"direction at layer {direction.layer} ({direction.method}, raw norm "
@@ -516,9 +554,14 @@ def evaluate_job(
         source = variants[-1]
         variants.append(source.with_hooks(ablation_hooks(vector), name=f"{source.name}_ablated"))
     table = evaluation.evaluate_variants(
-        loaded, variants, tasks, mode=mode, batch_size=batch_size, progress=progress,
+        loaded,
+        variants,
+        tasks,
+        mode=mode,
+        batch_size=batch_size,
+        progress=progress,
         add_bos=ADD_BOS[add_bos],
-    )  # fmt: skip
+    )
     text = evaluation.format_accuracy_table(table) + "\n"
     if out:
         with artifacts.atomic_path(out) as tmp:

@@ -90,13 +90,19 @@ def demo_subject(org: organism.Organism, seed: int) -> Subject:
     and corpora, its RMU layer."""
     tasks = {name: Task(items, org.mcq_mode, org.qa_template) for name, items in org.mcq.items()}
     return Subject(
-        model=org.model, title=f"the model organism ({org.config.size})", tasks=tasks,
+        model=org.model,
+        title=f"the model organism ({org.config.size})",
+        tasks=tasks,
         forget_tasks=("hazardous",),
         prompts={"forget": org.hazardous_prompts, "retain": org.benign_prompts},
-        layer=org.rmu_layer, generation_prompts=org.hazardous_prompts[:4],
-        forget_corpora=[org.forget_corpus], retain_corpora=[org.retain_corpus],
-        batch_size=32, max_new_tokens=16, seed=seed,
-    )  # fmt: skip
+        layer=org.rmu_layer,
+        generation_prompts=org.hazardous_prompts[:4],
+        forget_corpora=[org.forget_corpus],
+        retain_corpora=[org.retain_corpus],
+        batch_size=32,
+        max_new_tokens=16,
+        seed=seed,
+    )
 
 
 def demo_steps(
@@ -132,8 +138,9 @@ def demo_report(org: organism.Organism) -> Report:
         "norm-matched random direction is the control."
     )
     closing = "\n".join(["## Targets", "", *bullet_lines(DEMO_TARGETS)])
-    return Report(f"RMU is mostly shallow: the model organism ({org.config.size})", intro,
-                  closing=closing)  # fmt: skip
+    return Report(
+        f"RMU is mostly shallow: the model organism ({org.config.size})", intro, closing=closing
+    )
 
 
 def run_demo(
@@ -168,9 +175,13 @@ def run_demo(
     """
     run_dir = RunDir(out, force=force, recompute=recompute)
     org_config = organism.OrganismConfig.for_size(size, seed)
-    settings = {"job": "demo", "size": size, "seed": seed,
-                "rmu": organism_rmu_config(org_config, seed).to_dict(),
-                "organism": org_config.to_dict()}  # fmt: skip
+    settings = {
+        "job": "demo",
+        "size": size,
+        "seed": seed,
+        "rmu": organism_rmu_config(org_config, seed).to_dict(),
+        "organism": org_config.to_dict(),
+    }
     run_dir.check_settings(with_dtype(settings, dtype))  # before any training
     ledger_settings = ledger if isinstance(ledger, LedgerSettings) else DEFAULT_SETTINGS
     if ledger:
@@ -184,8 +195,14 @@ def run_demo(
     if "organism" not in run_dir.seconds():
         run_dir.record_seconds("organism", time.perf_counter() - start)
     depth_settings = depth if isinstance(depth, DepthSettings) else DEFAULT_DEPTH
-    steps = demo_steps(org, seed, depth_settings if depth else None,
-                       ledger_settings if ledger else None, executor, cache_dir)  # fmt: skip
+    steps = demo_steps(
+        org,
+        seed,
+        depth_settings if depth else None,
+        ledger_settings if ledger else None,
+        executor,
+        cache_dir,
+    )
     return run_pipeline(Run(run_dir, demo_subject(org, seed), progress), steps, demo_report(org))
 
 

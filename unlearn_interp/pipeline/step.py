@@ -24,7 +24,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
@@ -69,6 +69,7 @@ class Run:
         return RunVariants(RunDir(self.dir.path(self.subject.variants_folder)))
 
 
+@runtime_checkable
 class Step(Protocol):
     """One unit of a run (see the module docstring)."""
 
@@ -103,7 +104,9 @@ def write_output(run_dir: RunDir, output: StepOutput) -> None:
 def run_steps(run: Run, steps: Sequence[Step]) -> None:
     """Run every step not finished before, in order (a finished one is skipped)."""
     for step in steps:
-        run.dir.step(step.name, step.files(run), lambda step=step: write_output(run.dir, step.compute(run)))
+        run.dir.step(
+            step.name, step.files(run), lambda step=step: write_output(run.dir, step.compute(run))
+        )
 
 
 @dataclasses.dataclass(frozen=True)

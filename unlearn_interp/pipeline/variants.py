@@ -47,8 +47,10 @@ class RunVariants:
             unlearned = models.load_weights(self.run.path(RunFiles.UNLEARNED_WEIGHTS))
             base_file = self.run.path(RunFiles.BASE_WEIGHTS)
             base = models.load_weights(base_file) if base_file.is_file() else {}
-            self._plain = {"base": Variant("base", weights=base),
-                           "rmu": Variant("rmu", weights=unlearned)}  # fmt: skip
+            self._plain = {
+                "base": Variant("base", weights=base),
+                "rmu": Variant("rmu", weights=unlearned),
+            }
         return self._plain
 
     def available(self) -> list[str]:

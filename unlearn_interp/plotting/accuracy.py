@@ -150,9 +150,13 @@ def _error_bars(rows: pd.DataFrame, column: str) -> dict | None:
     95% interval from ``n``, else none."""
     value = rows[column].to_numpy(dtype=float)
     if {"ci_low", "ci_high"} <= set(rows.columns):
-        return {"type": "data", "symmetric": False, "thickness": 1.2,
-                "array": rows["ci_high"].to_numpy(dtype=float) - value,
-                "arrayminus": value - rows["ci_low"].to_numpy(dtype=float)}  # fmt: skip
+        return {
+            "type": "data",
+            "symmetric": False,
+            "thickness": 1.2,
+            "array": rows["ci_high"].to_numpy(dtype=float) - value,
+            "arrayminus": value - rows["ci_low"].to_numpy(dtype=float),
+        }
     if "n" in rows.columns:
         n = rows["n"].to_numpy(dtype=float)
         return {"type": "data", "array": 1.96 * np.sqrt(value * (1 - value) / n), "thickness": 1.2}
@@ -193,12 +197,18 @@ def plot_gap_recovered(gaps: pd.DataFrame, *, title: str | None = None) -> go.Fi
     fig = go.Figure()
     for group in ordered(groups):
         rows = gaps[groups.to_numpy() == group]
-        fig.add_trace(go.Bar(
-            y=rows["label"], x=rows["gap_recovered"], orientation="h", name=str(group),
-            marker_color=colors[group], error_x=_error_bars(
-                rows.rename(columns={"gap_recovered": "value"}), "value"),
-            text=[f"{g:.0%}" for g in rows["gap_recovered"]], textposition="outside",
-        ))  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                y=rows["label"],
+                x=rows["gap_recovered"],
+                orientation="h",
+                name=str(group),
+                marker_color=colors[group],
+                error_x=_error_bars(rows.rename(columns={"gap_recovered": "value"}), "value"),
+                text=[f"{g:.0%}" for g in rows["gap_recovered"]],
+                textposition="outside",
+            )
+        )
     for x in (0, 1):
         fig.add_vline(x=x, line={"dash": "dot", "color": "grey", "width": 1})
     fig.update_xaxes(title_text="gap recovered: (intervened - RMU) / (base - RMU)")

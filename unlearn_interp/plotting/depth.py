@@ -131,14 +131,26 @@ def _probe_panels(probes: pd.DataFrame | None, label: str, rmu_layer: int | None
     table = "probe"
     numeric = ("accuracy", "ci_low", "ci_high", "chance")
     check_columns(
-        probes, required=("variant", "label", "probe", "layer", *numeric), numeric=numeric,
+        probes,
+        required=("variant", "label", "probe", "layer", *numeric),
+        numeric=numeric,
         table=table,
-    )  # fmt: skip
+    )
     rows = _rows_where(probes, "label", (label,), table)
     check_layers(rows, table, rmu_layer)
     axis = f"probe accuracy ({label})"
-    return [Panel(axis, rows, "accuracy", "probe", PROBE_STYLES, PROBE_NAMES, band=True,
-                  chance=float(rows["chance"].mean()))]  # fmt: skip
+    return [
+        Panel(
+            axis,
+            rows,
+            "accuracy",
+            "probe",
+            PROBE_STYLES,
+            PROBE_NAMES,
+            band=True,
+            chance=float(rows["chance"].mean()),
+        )
+    ]
 
 
 def _lens_panels(lens: pd.DataFrame | None, prompt_set: str, rmu_layer: int | None) -> list[Panel]:
@@ -146,9 +158,11 @@ def _lens_panels(lens: pd.DataFrame | None, prompt_set: str, rmu_layer: int | No
         return []
     table = "logit lens"
     check_columns(
-        lens, required=("variant", "prompt_set", "lens", "layer", "answer_rank_mean"),
-        numeric=("answer_rank_mean",), table=table,
-    )  # fmt: skip
+        lens,
+        required=("variant", "prompt_set", "lens", "layer", "answer_rank_mean"),
+        numeric=("answer_rank_mean",),
+        table=table,
+    )
     rows = _rows_where(lens, "prompt_set", PROMPT_SET_ALIASES.get(prompt_set, (prompt_set,)), table)
     check_layers(rows, table, rmu_layer)
     rows = rows.assign(answer_rank_mean=rows["answer_rank_mean"] + 1)  # rank 0 is the top: log axis
@@ -161,9 +175,11 @@ def _similarity_panels(similarity: pd.DataFrame | None, rmu_layer: int | None) -
         return []
     table = "similarity"
     check_columns(
-        similarity, required=("variant", "prompt_set", "layer", "cka"), numeric=("cka",),
+        similarity,
+        required=("variant", "prompt_set", "layer", "cka"),
+        numeric=("cka",),
         table=table,
-    )  # fmt: skip
+    )
     check_layers(similarity, table, rmu_layer)
     low = max(0.0, float(similarity["cka"].min()) - 0.05)
     axis = "linear CKA to base"
@@ -178,16 +194,25 @@ def _profile_panels(profile: pd.DataFrame | None, rmu_layer: int | None) -> list
     table = "layer profile"
     numeric = ("norm", "cos_to_reference")
     check_columns(
-        profile, required=("variant", "prompt_set", "layer", *numeric), numeric=numeric,
+        profile,
+        required=("variant", "prompt_set", "layer", *numeric),
+        numeric=numeric,
         table=table,
-    )  # fmt: skip
+    )
     check_layers(profile, table, rmu_layer)
     low = min(0.0, float(profile["cos_to_reference"].min()) - 0.05)
     return [
         Panel("mean residual norm", profile, "norm", "prompt_set", SET_STYLES, SET_NAMES),
-        Panel("cosine to base", profile, "cos_to_reference", "prompt_set", SET_STYLES, SET_NAMES,
-              y_range=(low, 1.05)),
-    ]  # fmt: skip
+        Panel(
+            "cosine to base",
+            profile,
+            "cos_to_reference",
+            "prompt_set",
+            SET_STYLES,
+            SET_NAMES,
+            y_range=(low, 1.05),
+        ),
+    ]
 
 
 def _rows_where(df: pd.DataFrame, column: str, wanted: tuple[str, ...], table: str) -> pd.DataFrame:

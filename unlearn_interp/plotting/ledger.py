@@ -21,8 +21,17 @@ from unlearn_interp.plotting.style import (
     style_figure,
 )
 
-LEDGER_COLUMNS = ("attack", "setting", "model", "step", "task", "accuracy", "gap_recovered",
-                  "ci_low", "ci_high")  # fmt: skip
+LEDGER_COLUMNS = (
+    "attack",
+    "setting",
+    "model",
+    "step",
+    "task",
+    "accuracy",
+    "gap_recovered",
+    "ci_low",
+    "ci_high",
+)
 MODEL_COLORS = {"unlearned": "#d62728", "base": "#1f77b4", "oracle": "#2ca02c"}
 HEADLINE_TASKS = ("forget_V", "hazardous")  # the task the figure shows, first one present
 CURVE_ATTACK = "relearn"
@@ -49,16 +58,23 @@ def plot_ledger(ledger: pd.DataFrame, *, title: str | None = None) -> go.Figure:
 
     >>> fig = plot_ledger(ledger)                                          # doctest: +SKIP
     """
-    check_columns(ledger, required=LEDGER_COLUMNS, table="ledger",
-                  numeric=("step", "accuracy", "gap_recovered", "ci_low", "ci_high"))  # fmt: skip
+    check_columns(
+        ledger,
+        required=LEDGER_COLUMNS,
+        table="ledger",
+        numeric=("step", "accuracy", "gap_recovered", "ci_low", "ci_high"),
+    )
     task = headline_task(ledger)
     rows = ledger[ledger["task"] == task]
     curves = rows[rows["attack"] == CURVE_ATTACK]
     cols = 2 if not curves.empty else 1
     fig = make_subplots(
-        rows=1, cols=cols, column_widths=[0.6, 0.4][:cols], horizontal_spacing=0.22,
+        rows=1,
+        cols=cols,
+        column_widths=[0.6, 0.4][:cols],
+        horizontal_spacing=0.22,
         subplot_titles=[f"gap recovered ({task})", f"accuracy on {task} while relearning"][:cols],
-    )  # fmt: skip
+    )
     _gap_bars(fig, last_steps(rows[rows["attack"] != "none"]))
     if not curves.empty:
         _relearning_curves(fig, curves)
@@ -74,13 +90,25 @@ def _gap_bars(fig: go.Figure, rows: pd.DataFrame) -> None:
     for model in dict.fromkeys(rows["model"]):
         mine = rows["model"] == model
         part = rows[mine]
-        fig.add_trace(go.Bar(
-            y=labels[mine], x=part["gap_recovered"], orientation="h", name=str(model),
-            legendgroup=str(model), marker_color=MODEL_COLORS.get(str(model)),
-            error_x={"type": "data", "symmetric": False, "thickness": 1.2,
-                     "array": part["ci_high"] - part["gap_recovered"],
-                     "arrayminus": part["gap_recovered"] - part["ci_low"]},
-        ), row=1, col=1)  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                y=labels[mine],
+                x=part["gap_recovered"],
+                orientation="h",
+                name=str(model),
+                legendgroup=str(model),
+                marker_color=MODEL_COLORS.get(str(model)),
+                error_x={
+                    "type": "data",
+                    "symmetric": False,
+                    "thickness": 1.2,
+                    "array": part["ci_high"] - part["gap_recovered"],
+                    "arrayminus": part["gap_recovered"] - part["ci_low"],
+                },
+            ),
+            row=1,
+            col=1,
+        )
     for x in (0, 1):
         fig.add_vline(x=x, line={"dash": "dot", "color": "grey", "width": 1}, row=1, col=1)
     fig.update_layout(barmode="group")
@@ -94,11 +122,19 @@ def _relearning_curves(fig: go.Figure, curves: pd.DataFrame) -> None:
     dashes = {s: DASHES[i % len(DASHES)] for i, s in enumerate(settings)}
     for (setting, model), part in curves.groupby(["setting", "model"], sort=False):
         part = part.sort_values("step")
-        fig.add_trace(go.Scatter(
-            x=part["step"], y=part["accuracy"], mode="lines+markers",
-            name=f"{model} ({setting})", legendgroup=str(model), showlegend=False,
-            line={"color": MODEL_COLORS.get(str(model)), "dash": dashes[setting]},
-        ), row=1, col=2)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=part["step"],
+                y=part["accuracy"],
+                mode="lines+markers",
+                name=f"{model} ({setting})",
+                legendgroup=str(model),
+                showlegend=False,
+                line={"color": MODEL_COLORS.get(str(model)), "dash": dashes[setting]},
+            ),
+            row=1,
+            col=2,
+        )
     for setting in settings:
         legend_key(fig, f"relearn {setting}", {"color": "grey", "dash": dashes[setting]})
     fig.update_xaxes(title_text="fine-tuning step", row=1, col=2)

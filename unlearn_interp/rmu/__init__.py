@@ -1,6 +1,6 @@
 """RMU (Li et al. 2024) and Adaptive RMU (Dang et al. 2024) on one model, trained in place.
 
-The loss is the reference's, exactly (SCIENCE.md section 1)::
+The loss is the reference's, exactly (docs/methods.md, "RMU")::
 
     L = mse(h_upd(x_F), c_t * u_t) + alpha_t * mse(h_upd(x_R), h_frz(x_R))
 

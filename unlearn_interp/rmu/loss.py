@@ -1,6 +1,6 @@
 """The pieces of the RMU algorithm: control vectors, the data schedule, the loss and its metrics.
 
-The loss is the reference's, exactly (SCIENCE.md section 1)::
+The loss is the reference's, exactly (docs/methods.md, "RMU")::
 
     L = forget_term + alpha_t * retain_term
       = mse(h_upd(x_F), c_t * u_t) + alpha_t * mse(h_upd(x_R), h_frz(x_R))

@@ -59,7 +59,7 @@ class RMUResult:
         return self.coefficients.to(self.control_vectors.dtype).unsqueeze(-1) * self.control_vectors
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the run-directory files of DESIGN.md, each atomically.
+        """Write the run-directory files (docs/architecture.md), each atomically.
 
         ``config.json`` (config, seed, coefficients, model, library versions; keys other steps
         wrote there are kept), ``control_vectors.safetensors`` (``control_vectors`` and

@@ -221,9 +221,12 @@ def build_trainer(
     device = models.model_device(model)
     log.info(
         "RMU: %d topics, %d steps, layer %d, updating W_out of blocks %s, coefficients %s",
-        n_topics, cfg.steps, cfg.layer, list(cfg.update_layers),
+        n_topics,
+        cfg.steps,
+        cfg.layer,
+        list(cfg.update_layers),
         [round(c, 4) for c in coefficients],
-    )  # fmt: skip
+    )
     return RMUTrainer(
         forward=forward,
         forget=forget,

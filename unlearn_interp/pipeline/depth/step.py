@@ -93,9 +93,14 @@ DEFAULT_DEPTH = DepthSettings()  # the organism's
 # table 95 s with the probes' residuals reused, CKA 46 s); with 7 layers and 40 tuned-lens steps
 # about 7 min before the reuse, and batches of 32 were slower than 16 (padding).
 REAL_MODEL_SETTINGS = DepthSettings(
-    layers=(0, 7, 14, 22, 29), n_shuffles=1, batch_size=16, lens_steps=30,
-    lens_texts=16, lens_max_tokens=64, relearn=None,
-)  # fmt: skip
+    layers=(0, 7, 14, 22, 29),
+    n_shuffles=1,
+    batch_size=16,
+    lens_steps=30,
+    lens_texts=16,
+    lens_max_tokens=64,
+    relearn=None,
+)
 
 
 @dataclasses.dataclass
@@ -139,8 +144,10 @@ class Depth:
         tables = read_depth_tables(run.dir)
         layer = run.subject.layer
         png = run.dir.path(f"{FIGURES}/{FIGURE}.png").is_file()
-        return StepSummary(metrics={"depth": depth_metrics(tables, layer)},
-                           section=depth_markdown(tables, layer, png))  # fmt: skip
+        return StepSummary(
+            metrics={"depth": depth_metrics(tables, layer)},
+            section=depth_markdown(tables, layer, png),
+        )
 
 
 def _profile(run: Run) -> pd.DataFrame | None:
@@ -183,28 +190,58 @@ def depth_tables(
     layers = settings.layers
     store = ResidStore()  # the probes and the lens read mostly the same question contexts
     with _timed("tuned lens fit"):
-        lens = analysis.fit_tuned_lens(model, fit_texts, layers=layers, steps=settings.lens_steps,
-                                       max_tokens=settings.lens_max_tokens, seed=settings.seed,
-                                       progress=progress)  # fmt: skip
+        lens = analysis.fit_tuned_lens(
+            model,
+            fit_texts,
+            layers=layers,
+            steps=settings.lens_steps,
+            max_tokens=settings.lens_max_tokens,
+            seed=settings.seed,
+            progress=progress,
+        )
     with _timed("lens KL"):
-        kl = pd.concat([analysis.lens_kl(model, None, held_out, layers),
-                        analysis.lens_kl(model, lens, held_out, layers)], ignore_index=True)  # fmt: skip
+        kl = pd.concat(
+            [
+                analysis.lens_kl(model, None, held_out, layers),
+                analysis.lens_kl(model, lens, held_out, layers),
+            ],
+            ignore_index=True,
+        )
     with _timed("probes"):
         probes = analysis.layer_probes(
-            model, variants, inputs.probe_sets, layers=layers, n_folds=settings.n_folds,
-            seed=settings.seed, n_shuffles=settings.n_shuffles, n_boot=settings.n_boot,
-            batch_size=settings.batch_size, progress=progress, store=store,
-        )  # fmt: skip
+            model,
+            variants,
+            inputs.probe_sets,
+            layers=layers,
+            n_folds=settings.n_folds,
+            seed=settings.seed,
+            n_shuffles=settings.n_shuffles,
+            n_boot=settings.n_boot,
+            batch_size=settings.batch_size,
+            progress=progress,
+            store=store,
+        )
     with _timed("logit and tuned lens"):
-        lens_table = analysis.logit_lens(model, variants, inputs.lens_sets, layers=layers,
-                                         lens=lens, batch_size=settings.batch_size,
-                                         n_boot=settings.n_boot, seed=settings.seed,
-                                         store=store)  # fmt: skip
+        lens_table = analysis.logit_lens(
+            model,
+            variants,
+            inputs.lens_sets,
+            layers=layers,
+            lens=lens,
+            batch_size=settings.batch_size,
+            n_boot=settings.n_boot,
+            seed=settings.seed,
+            store=store,
+        )
     with _timed("similarity"):
         similarity = analysis.representation_similarity(
-            model, variants, inputs.prompts, layers=layers,
-            positions=settings.similarity_positions, batch_size=settings.batch_size,
-        )  # fmt: skip
+            model,
+            variants,
+            inputs.prompts,
+            layers=layers,
+            positions=settings.similarity_positions,
+            batch_size=settings.batch_size,
+        )
     return dict(zip(TABLES, (probes, lens_table, kl, similarity), strict=True))
 
 
@@ -221,9 +258,12 @@ def depth_figure(
     """The depth profile figure, with the run's layer ``profile`` (junk norm and cosine) below
     when there is one."""
     return plotting.plot_depth_profile(
-        probes=tables["depth_probes"], lens=tables["depth_lens"],
-        similarity=tables["depth_similarity"], profile=profile, rmu_layer=layer,
-    )  # fmt: skip
+        probes=tables["depth_probes"],
+        lens=tables["depth_lens"],
+        similarity=tables["depth_similarity"],
+        profile=profile,
+        rmu_layer=layer,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,14 +280,16 @@ def organism_depth_inputs(org: organism.Organism, seed: int = 0) -> DepthInputs:
     lens_sets = {
         name: decision_questions(
             org.model, org.mcq[domain], org.mcq_mode, org.qa_template, groups[domain]
-        )  # fmt: skip
+        )
         for name, domain in (("forget", "hazardous"), ("retain", "benign"))
     }
     return DepthInputs(
-        probe_sets=organism_readouts(org, "hazardous"), lens_sets=lens_sets,
+        probe_sets=organism_readouts(org, "hazardous"),
+        lens_sets=lens_sets,
         prompts={"forget": org.hazardous_prompts, "retain": org.benign_prompts},
-        lens_texts=org.retain_corpus, relearn_texts=t_documents(org, split_facts(org.world, seed=seed)),
-    )  # fmt: skip
+        lens_texts=org.retain_corpus,
+        relearn_texts=t_documents(org, split_facts(org.world, seed=seed)),
+    )
 
 
 def question_depth_inputs(subject: Subject) -> DepthInputs:
@@ -258,8 +300,10 @@ def question_depth_inputs(subject: Subject) -> DepthInputs:
     model, tasks = subject.model, subject.tasks
     forget = subject.gap_tasks
     retain = [t for t in tasks if t not in subject.forget_tasks and t not in subject.report_only]
-    lens_sets = {"forget": _joined(model, tasks, forget, decision_questions),
-                 "retain": _joined(model, tasks, retain, decision_questions)}  # fmt: skip
+    lens_sets = {
+        "forget": _joined(model, tasks, forget, decision_questions),
+        "retain": _joined(model, tasks, retain, decision_questions),
+    }
     probe_sets = {"choice": _joined(model, tasks, forget, readouts)}
     return DepthInputs(probe_sets, lens_sets, subject.prompts, subject.retain_corpora[0])
 
@@ -267,6 +311,14 @@ def question_depth_inputs(subject: Subject) -> DepthInputs:
 def _joined(model: Model, tasks: Mapping[str, Task], names: Sequence[str], build: Any) -> Any:
     """The questions of the tasks ``names`` as one set built by ``build`` (``readouts`` or
     ``decision_questions``), each question its own group (task and index)."""
-    parts = [build(model, tasks[name].items, tasks[name].mode, tasks[name].prompt_template,
-                   [f"{name}:{i}" for i in range(len(tasks[name].items))]) for name in names]  # fmt: skip
+    parts = [
+        build(
+            model,
+            tasks[name].items,
+            tasks[name].mode,
+            tasks[name].prompt_template,
+            [f"{name}:{i}" for i in range(len(tasks[name].items))],
+        )
+        for name in names
+    ]
     return parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)

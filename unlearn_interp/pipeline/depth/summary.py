@@ -64,8 +64,14 @@ def _pick(table: pd.DataFrame, **where: Any) -> pd.Series | None:
 def _measure(variant: str, layer: int, name: str, row: pd.Series | None, value: str) -> dict:
     nan = float("nan")
     get = (lambda c: nan) if row is None else (lambda c: float(row[c]) if c in row else nan)
-    return {"variant": variant, "layer": layer, "measure": name, "value": get(value),
-            "ci_low": get("ci_low"), "ci_high": get("ci_high")}  # fmt: skip
+    return {
+        "variant": variant,
+        "layer": layer,
+        "measure": name,
+        "value": get(value),
+        "ci_low": get("ci_low"),
+        "ci_high": get("ci_high"),
+    }
 
 
 def _cells(summary: pd.DataFrame) -> pd.DataFrame:
@@ -97,7 +103,8 @@ def depth_markdown(tables: Mapping[str, pd.DataFrame], layer: int, figure_png: b
     kl = lens_kl_summary(tables["depth_lens_kl"])
     figure = f"{FIGURES}/{FIGURE}"
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         "Where the forgotten knowledge still is, by layer (layer l = the residual stream after "
         f"block l; RMU layer {layer} and the last layer shown). Probes read the answer among the "
         "question's choices from the residual stream, trained and tested on different entities "
@@ -105,17 +112,20 @@ def depth_markdown(tables: Mapping[str, pd.DataFrame], layer: int, figure_png: b
         "control, trained on permuted answers); the lenses decode the residual stream through "
         "the final norm and unembedding (tuned: after an affine translator fitted on retain "
         "text); CKA compares each model's residual stream with the base model's. Accuracies "
-        "on forget questions with 95% bootstrap intervals over questions.", "",
-        markdown_table(_cells(depth_summary(tables, layer))), "",
+        "on forget questions with 95% bootstrap intervals over questions.",
+        "",
+        markdown_table(_cells(depth_summary(tables, layer))),
+        "",
         f"Mean KL to the model's own next-token distribution over layers, held-out retain text: "
         f"logit lens {kl.get('logit', float('nan')):.2f}, tuned lens "
-        f"{kl.get('tuned', float('nan')):.2f} nats.", "",
+        f"{kl.get('tuned', float('nan')):.2f} nats.",
+        "",
         *([f"![depth profile]({figure}.png)", ""] if figure_png else []),
         f"Every layer: [{RunFiles.table('depth_probes')}]({RunFiles.table('depth_probes')}), "
         f"[{RunFiles.table('depth_lens')}]({RunFiles.table('depth_lens')}), "
         f"[{RunFiles.table('depth_similarity')}]({RunFiles.table('depth_similarity')}); "
         f"figure: [depth profile]({figure}.html).",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -128,8 +138,11 @@ def depth_metrics(tables: Mapping[str, pd.DataFrame], layer: int) -> dict[str, A
         by_variant.setdefault(row["variant"], {}).setdefault(str(row["layer"]), {})[
             row["measure"]
         ] = numbers
-    return {"rmu_layer": layer, "variants": by_variant,
-            "lens_kl_mean": lens_kl_summary(tables["depth_lens_kl"])}  # fmt: skip
+    return {
+        "rmu_layer": layer,
+        "variants": by_variant,
+        "lens_kl_mean": lens_kl_summary(tables["depth_lens_kl"]),
+    }
 
 
 def _number(value: float) -> float | None:

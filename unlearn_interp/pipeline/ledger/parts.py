@@ -79,9 +79,13 @@ class LedgerContext:
         of base and unlearned), computed once per ledger."""
         starts = self.starts()
         return directions.candidate_directions(
-            self.model, starts["base"], starts["unlearned"], self.subject.hazardous_prompts,
-            control_vectors=self.variants.control_vectors(), batch_size=self.batch_size,
-        )  # fmt: skip
+            self.model,
+            starts["base"],
+            starts["unlearned"],
+            self.subject.hazardous_prompts,
+            control_vectors=self.variants.control_vectors(),
+            batch_size=self.batch_size,
+        )
 
 
 def ledger_tasks(context: LedgerContext) -> dict[str, Task]:
@@ -99,8 +103,7 @@ def score(
     tasks = ledger_tasks(context)
     named = {f"{i}": v for i, v in enumerate(keyed.values())}
     renamed = [dataclasses.replace(v, name=name) for name, v in named.items()]
-    _, items = accuracy_tables(context.model, renamed, tasks, context.batch_size,
-                                     progress=False)  # fmt: skip
+    _, items = accuracy_tables(context.model, renamed, tasks, context.batch_size, progress=False)
     return per_item_rows(items, dict(zip(named, keyed, strict=True)))
 
 
@@ -168,11 +171,15 @@ def quantize_part(context: LedgerContext) -> pd.DataFrame:
     """Round-to-nearest group quantisation (:func:`attacks.quantized_variant`) at each of
     ``context.bits`` of the unlearned and the base model."""
     keyed = {
-        ("quantize", f"rtn_{bits}bit_g{attacks.DEFAULT_GROUP_SIZE}", model, 0):
-            attacks.quantized_variant(context.model, start, bits)
+        (
+            "quantize",
+            f"rtn_{bits}bit_g{attacks.DEFAULT_GROUP_SIZE}",
+            model,
+            0,
+        ): attacks.quantized_variant(context.model, start, bits)
         for bits in context.bits
         for model, start in context.starts().items()
-    }  # fmt: skip
+    }
     return score(context, keyed)
 
 
@@ -224,8 +231,9 @@ def curve_rows(
     def evaluate(network: Model) -> dict[str, float]:
         items = context.start_items.get(key[2]) if not scored else None
         if items is None:
-            _, items = accuracy_tables(network, [Variant("model")], tasks,
-                                             context.batch_size, progress=False)  # fmt: skip
+            _, items = accuracy_tables(
+                network, [Variant("model")], tasks, context.batch_size, progress=False
+            )
         context.start_items.setdefault(key[2], items)
         scored.append(items)
         return items.groupby("task", sort=False)["correct"].mean().to_dict()

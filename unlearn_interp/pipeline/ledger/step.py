@@ -57,7 +57,7 @@ from unlearn_interp.pipeline.ledger.table import (
 from unlearn_interp.pipeline.rundir import RunDir
 from unlearn_interp.pipeline.step import Run, StepOutput, StepSummary
 
-STEP = "ledger"
+LEDGER_STEP = "ledger"
 # The grid, reported whole: full weights at two learning rates, and only the MLP output
 # matrices (the tensors RMU edits) at the larger one.
 DEFAULT_FINETUNE = (
@@ -146,7 +146,7 @@ class Ledger:
     subject: SubjectOf
     settings: LedgerSettings = DEFAULT_SETTINGS
     executor: Executor | None = None
-    name: str = STEP
+    name: str = LEDGER_STEP
 
     def files(self, run: Run) -> list[str]:
         parts = [part_file(name) for name in part_names(self.settings.finetune_seeds)]
@@ -154,9 +154,15 @@ class Ledger:
 
     def compute(self, run: Run) -> StepOutput:
         settings = self.settings
-        context = LedgerContext(run.dir, self.subject(run, settings.seed), settings.seed,
-                                settings.batch_size, settings.bits, settings.finetune,
-                                settings.finetune_seeds)  # fmt: skip
+        context = LedgerContext(
+            run.dir,
+            self.subject(run, settings.seed),
+            settings.seed,
+            settings.batch_size,
+            settings.bits,
+            settings.finetune,
+            settings.finetune_seeds,
+        )
         run_parts(context, run.dir.recomputes(self.name), self.executor)
         per_item = read_parts(run.dir, part_names(settings.finetune_seeds))
         table = ledger_table(per_item, FORGET_TASKS, settings.n_boot, settings.seed)
@@ -165,16 +171,21 @@ class Ledger:
     def summary(self, run: Run) -> StepSummary:
         table = pd.read_csv(run.dir.path(RunFiles.LEDGER))
         png = run.dir.path(FIGURE_FILE).with_suffix(".png").is_file()
-        return StepSummary(metrics={"ledger": ledger_metrics(table)},
-                           section=ledger_markdown(table, png))  # fmt: skip
+        return StepSummary(
+            metrics={"ledger": ledger_metrics(table)}, section=ledger_markdown(table, png)
+        )
 
 
 def check_ledger_settings(run_dir: RunDir, settings: LedgerSettings) -> None:
     """Refuse to resume a ledger made with other settings (unless the run recomputes it);
     record these in config.json (key ``ledger``)."""
-    previous = run_dir.config().get(STEP)
-    if previous is not None and previous != settings.to_dict() and not run_dir.recomputes(STEP):
+    previous = run_dir.config().get(LEDGER_STEP)
+    if (
+        previous is not None
+        and previous != settings.to_dict()
+        and not run_dir.recomputes(LEDGER_STEP)
+    ):
         raise UnlearnInterpError(
             f"{run_dir.root} holds a ledger made with other settings ({previous}); use --force"
         )
-    run_dir.record_config(STEP, settings.to_dict())
+    run_dir.record_config(LEDGER_STEP, settings.to_dict())

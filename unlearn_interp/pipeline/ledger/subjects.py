@@ -102,11 +102,14 @@ def organism_subject(
     sets = {"forget_T": parts["T"], "forget_V": parts["V"], "retain": org.benign_mcq}
     oracle = OracleTwin(org, split, cache_dir, progress)
     return LedgerSubject(
-        model=org.model, variants=variants,
+        model=org.model,
+        variants=variants,
         tasks={name: Task(items, org.mcq_mode, org.qa_template) for name, items in sets.items()},
-        hazardous_prompts=org.hazardous_prompts, relearn_texts=t_documents(org, split),
-        benign_texts=org.retain_corpus, controls=oracle,
-    )  # fmt: skip
+        hazardous_prompts=org.hazardous_prompts,
+        relearn_texts=t_documents(org, split),
+        benign_texts=org.retain_corpus,
+        controls=oracle,
+    )
 
 
 @dataclasses.dataclass
@@ -148,26 +151,33 @@ def question_subject(
     """
     split = gap_split(subject, seed)
     sets = {
-        f"forget_{part}": [item for task, halves in split.items()
-                           for item in sample_items(halves[part], items[f"forget_{part}"], seed,
-                                                    f"ledger:{part}:{task}")]
+        f"forget_{part}": [
+            item
+            for task, halves in split.items()
+            for item in sample_items(
+                halves[part], items[f"forget_{part}"], seed, f"ledger:{part}:{task}"
+            )
+        ]
         for part in ("T", "V")
-    }  # fmt: skip
+    }
     sets["retain"] = retain_questions(subject, items["retain"], seed)
     return LedgerSubject(
-        model=subject.model, variants=variants,
+        model=subject.model,
+        variants=variants,
         tasks={name: Task(items, CONTINUATION, CONTEXT_TEMPLATE) for name, items in sets.items()},
         hazardous_prompts=subject.prompts["forget"],
         relearn_texts=[answered(item) for halves in split.values() for item in halves["T"]],
         benign_texts=subject.retain_corpora[0],
-    )  # fmt: skip
+    )
 
 
 def gap_split(subject: Subject, seed: int) -> dict[str, dict[str, list[MCQItem]]]:
     """Gap task -> ``{"T": [...], "V": [...]}``: each of the subject's gap tasks' questions (as
     scored, :func:`as_scored`) split by group with ``seed`` (:func:`split_by_group`)."""
-    return {name: split_by_group(as_scored(subject.tasks[name], name), seed, key=name)
-            for name in subject.gap_tasks}  # fmt: skip
+    return {
+        name: split_by_group(as_scored(subject.tasks[name], name), seed, key=name)
+        for name in subject.gap_tasks
+    }
 
 
 def retain_questions(subject: Subject, n: int, seed: int) -> list[MCQItem]:
@@ -176,9 +186,11 @@ def retain_questions(subject: Subject, n: int, seed: int) -> list[MCQItem]:
     names = [t for t in subject.tasks_for("rmu_ablated") if t not in subject.forget_tasks]
     if not names:
         raise UnlearnInterpError("the run has no retain task scored for every variant")
-    return [item for name in names
-            for item in sample_items(as_scored(subject.tasks[name], name), n, seed,
-                                     f"ledger:{name}")]  # fmt: skip
+    return [
+        item
+        for name in names
+        for item in sample_items(as_scored(subject.tasks[name], name), n, seed, f"ledger:{name}")
+    ]
 
 
 def as_scored(task: Task, name: str) -> list[MCQItem]:
@@ -189,8 +201,10 @@ def as_scored(task: Task, name: str) -> list[MCQItem]:
         raise UnlearnInterpError(
             f"the ledger scores continuation-mode tasks only; {name!r} is in {task.mode} mode"
         )
-    return [dataclasses.replace(item, question=qa_prompt(item, task.prompt_template))
-            for item in task.items]  # fmt: skip
+    return [
+        dataclasses.replace(item, question=qa_prompt(item, task.prompt_template))
+        for item in task.items
+    ]
 
 
 def split_by_group(
@@ -215,8 +229,10 @@ def split_by_group(
         )
     keyed_rng(seed, f"ledger-split:{key}").shuffle(groups)
     in_t = set(groups[: len(groups) // 2])
-    return {"T": [i for i in items if group(i) in in_t],
-            "V": [i for i in items if group(i) not in in_t]}  # fmt: skip
+    return {
+        "T": [i for i in items if group(i) in in_t],
+        "V": [i for i in items if group(i) not in in_t],
+    }
 
 
 def answered(item: MCQItem) -> str:

@@ -26,8 +26,18 @@ from unlearn_interp.pipeline.report import markdown_table
 from unlearn_interp.pipeline.rundir import FIGURES
 
 KEY = ("attack", "setting", "model", "step")  # one evaluated model; with ``task``, one row
-COLUMNS = (*KEY, "role", "task", "accuracy", "n", "accuracy_ci_low", "accuracy_ci_high",
-           "gap_recovered", "ci_low", "ci_high")  # fmt: skip
+COLUMNS = (
+    *KEY,
+    "role",
+    "task",
+    "accuracy",
+    "n",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "gap_recovered",
+    "ci_low",
+    "ci_high",
+)
 REFERENCE = {"base": ("none", "plain", "base", 0), "unlearned": ("none", "plain", "unlearned", 0)}
 FIGURE = "ledger"
 FIGURE_FILE = f"{FIGURES}/{FIGURE}.html"
@@ -59,16 +69,22 @@ def ledger_table(
     tidy = per_item.merge(keys, on=list(KEY))[["variant", "task", "item", "correct", "seed"]]
     accuracy = stats.accuracy_intervals(tidy, n_boot=n_boot, seed=seed)
     gaps = stats.gap_recovered_intervals(
-        tidy, base=names[REFERENCE["base"]], unlearned=names[REFERENCE["unlearned"]],
-        variants=list(names.values()), forget_tasks=list(forget_tasks), n_boot=n_boot, seed=seed,
-    )  # fmt: skip
+        tidy,
+        base=names[REFERENCE["base"]],
+        unlearned=names[REFERENCE["unlearned"]],
+        variants=list(names.values()),
+        forget_tasks=list(forget_tasks),
+        n_boot=n_boot,
+        seed=seed,
+    )
     return _assemble(keys, accuracy, gaps[gaps["task"] != stats.MEAN_TASK])
 
 
 def _assemble(keys: pd.DataFrame, accuracy: pd.DataFrame, gaps: pd.DataFrame) -> pd.DataFrame:
     """The ledger's rows from the two interval tables, in the order the models were scored."""
-    accuracy = accuracy.rename(columns={"ci_low": "accuracy_ci_low", "ci_high": "accuracy_ci_high",
-                                        "n_items": "n"})  # fmt: skip
+    accuracy = accuracy.rename(
+        columns={"ci_low": "accuracy_ci_low", "ci_high": "accuracy_ci_high", "n_items": "n"}
+    )
     gaps = gaps[["variant", "task", "gap_recovered", "ci_low", "ci_high"]]
     table = keys.merge(accuracy, on="variant").merge(gaps, on=["variant", "task"], how="left")
     table["role"] = [role(*row) for row in table[["attack", "setting", "model"]].itertuples(False)]
@@ -103,12 +119,19 @@ def headline_rows(table: pd.DataFrame) -> pd.DataFrame:
         control_at = control_key(attack, setting, oracle)
         control = forget.loc[control_at]
         base = forget.loc[(attack, setting, "base")]
-        rows.append({
-            "attack": attack, "setting": setting, "step": int(row["step"]), "task": task,
-            **_gap(row, ""), "control": control_label(attack, *control_at),
-            **_gap(control, "control_"), **_gap(base, "base_"),
-            "retain_accuracy": float(retain.get(key, float("nan"))),
-        })  # fmt: skip
+        rows.append(
+            {
+                "attack": attack,
+                "setting": setting,
+                "step": int(row["step"]),
+                "task": task,
+                **_gap(row, ""),
+                "control": control_label(attack, *control_at),
+                **_gap(control, "control_"),
+                **_gap(base, "base_"),
+                "retain_accuracy": float(retain.get(key, float("nan"))),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -156,12 +179,18 @@ def ledger_markdown(table: pd.DataFrame, figure_png: bool = False) -> str:
     (embedded when ``figure_png``, its HTML linked always)."""
     rows = headline_rows(table)
     task = plotting.headline_task(table)
-    compact = pd.DataFrame({
-        "attack": rows["attack"], "setting": rows["setting"], "step": rows["step"],
-        "unlearned": _cell(rows, ""), "control": rows["control"],
-        "control gap": _cell(rows, "control_"), "base": _cell(rows, "base_"),
-        "retain acc (unlearned)": rows["retain_accuracy"],
-    })  # fmt: skip
+    compact = pd.DataFrame(
+        {
+            "attack": rows["attack"],
+            "setting": rows["setting"],
+            "step": rows["step"],
+            "unlearned": _cell(rows, ""),
+            "control": rows["control"],
+            "control gap": _cell(rows, "control_"),
+            "base": _cell(rows, "base_"),
+            "retain acc (unlearned)": rows["retain_accuracy"],
+        }
+    )
     png = FIGURE_FILE.removesuffix(".html") + ".png"
     figure = [f"![recovery ledger]({png})", ""] if figure_png else []
     lines = [
@@ -210,17 +239,30 @@ def ledger_metrics(table: pd.DataFrame) -> dict[str, Any]:
     gaps: dict[str, dict[str, Any]] = {}
     for row in rows.itertuples(index=False):
         gaps.setdefault(row.attack, {})[row.setting] = {
-            "step": row.step, "value": row.gap_recovered, "ci_low": row.ci_low,
-            "ci_high": row.ci_high, "retain_accuracy": row.retain_accuracy,
-            "control": {"model_setting": row.control, "value": row.control_gap_recovered,
-                        "ci_low": row.control_ci_low, "ci_high": row.control_ci_high},
-            "base": {"value": row.base_gap_recovered, "ci_low": row.base_ci_low,
-                     "ci_high": row.base_ci_high},
-        }  # fmt: skip
+            "step": row.step,
+            "value": row.gap_recovered,
+            "ci_low": row.ci_low,
+            "ci_high": row.ci_high,
+            "retain_accuracy": row.retain_accuracy,
+            "control": {
+                "model_setting": row.control,
+                "value": row.control_gap_recovered,
+                "ci_low": row.control_ci_low,
+                "ci_high": row.control_ci_high,
+            },
+            "base": {
+                "value": row.base_gap_recovered,
+                "ci_low": row.base_ci_low,
+                "ci_high": row.base_ci_high,
+            },
+        }
     oracle = table[(table["model"] == "oracle") & (table["step"] == 0)]
     oracle = oracle.drop_duplicates("task").set_index("task")["accuracy"]
-    return {"task": plotting.headline_task(table), "gap_recovered": gaps,
-            "oracle_accuracy_before_finetuning": {k: float(v) for k, v in oracle.items()}}  # fmt: skip
+    return {
+        "task": plotting.headline_task(table),
+        "gap_recovered": gaps,
+        "oracle_accuracy_before_finetuning": {k: float(v) for k, v in oracle.items()},
+    }
 
 
 def ledger_summary(table: pd.DataFrame, run_dir: str | os.PathLike) -> str:

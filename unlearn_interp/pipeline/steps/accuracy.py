@@ -41,12 +41,20 @@ def accuracy_tables(
     shows one bar counting tasks."""
     tasks_of = tasks if callable(tasks) else (lambda name: tasks)
     chosen = {v.name: tasks_of(v.name) for v in variants}
-    settings = {name: {"mode": t.mode, "prompt_template": t.prompt_template, "progress": False}
-                for each in chosen.values() for name, t in each.items()}  # fmt: skip
+    settings = {
+        name: {"mode": t.mode, "prompt_template": t.prompt_template, "progress": False}
+        for each in chosen.values()
+        for name, t in each.items()
+    }
     return evaluation.accuracy_table(
-        model, variants, lambda name: {n: t.items for n, t in chosen[name].items()},
-        batch_size=batch_size, progress=progress, task_kwargs=settings, per_item=True,
-    )  # fmt: skip
+        model,
+        variants,
+        lambda name: {n: t.items for n, t in chosen[name].items()},
+        batch_size=batch_size,
+        progress=progress,
+        task_kwargs=settings,
+        per_item=True,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +71,9 @@ class Accuracy:
     def compute(self, run: Run) -> StepOutput:
         subject = run.subject
         chosen = list(run.variants.variants(self.variants).values())
-        table, per_item = accuracy_tables(subject.model, chosen, subject.tasks_for,
-                                          subject.batch_size, progress=False)  # fmt: skip
+        table, per_item = accuracy_tables(
+            subject.model, chosen, subject.tasks_for, subject.batch_size, progress=False
+        )
         return StepOutput(
             tables={"mcq_per_item": per_item, "accuracy": table},
             figures={FIGURE: plotting.plot_accuracy_bars(table)},
@@ -105,18 +114,21 @@ def _mean_or_only(per_task: Mapping[str, float]) -> float:
     return values[0] if len(values) == 1 else float(sum(values) / len(values))
 
 
-def accuracy_section(
-    table: pd.DataFrame, metrics: Mapping[str, Any], order: Sequence[str]
-) -> str:
+def accuracy_section(table: pd.DataFrame, metrics: Mapping[str, Any], order: Sequence[str]) -> str:
     """The report's accuracy table (variants as rows, tasks as columns) and gap recovered."""
     grid = table.pivot(index="variant", columns="task", values="accuracy")
     grid = grid.reindex([v for v in order if v in grid.index])
     gaps = metrics["gap_recovered"]
-    return "\n".join([
-        "## Accuracy", "",
-        "The junk direction projected out of every block input, attention output and MLP "
-        "output (`rmu_ablated`), against a norm-matched random direction (`rmu_random_ablated`).",
-        "", markdown_table(grid.reset_index()), "",
-        f"Gap recovered (ablated - rmu) / (base - rmu): junk {gaps['junk']:.2f}, "
-        f"random {gaps['random']:.2f}. Figure: [{FIGURE}]({figure_files([FIGURE])[0]}).",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "## Accuracy",
+            "",
+            "The junk direction projected out of every block input, attention output and MLP "
+            "output (`rmu_ablated`), against a norm-matched random direction (`rmu_random_ablated`).",
+            "",
+            markdown_table(grid.reset_index()),
+            "",
+            f"Gap recovered (ablated - rmu) / (base - rmu): junk {gaps['junk']:.2f}, "
+            f"random {gaps['random']:.2f}. Figure: [{FIGURE}]({figure_files([FIGURE])[0]}).",
+        ]
+    )

@@ -45,16 +45,24 @@ class Directions:
         plain = variants.variants(["base", "rmu"])
         controls = variants.control_vectors()
         candidates = directions.candidate_directions(
-            subject.model, plain["base"], plain["rmu"], subject.prompts["forget"],
-            control_vectors=controls, batch_size=subject.batch_size,
-        )  # fmt: skip
+            subject.model,
+            plain["base"],
+            plain["rmu"],
+            subject.prompts["forget"],
+            control_vectors=controls,
+            batch_size=subject.batch_size,
+        )
         junk = candidates.direction(subject.layer)
         if controls is not None:
             junk.metadata["cos_with_control_vectors"] = control_cosines(controls, junk.vector)
-        saved: dict[str, Any] = {RunFiles.RANDOM_DIRECTION: directions.random_control(junk, seed=seed)}
+        saved: dict[str, Any] = {
+            RunFiles.RANDOM_DIRECTION: directions.random_control(junk, seed=seed)
+        }
         if self.subspace_layers is not None:
             subspace = candidates.subspace(self.subspace_layers)
-            saved[RunFiles.RANDOM_SUBSPACE] = directions.random_subspace_control(subspace, seed=seed)
+            saved[RunFiles.RANDOM_SUBSPACE] = directions.random_subspace_control(
+                subspace, seed=seed
+            )
             saved[RunFiles.SUBSPACE] = subspace
         saved[RunFiles.DIRECTION] = junk  # last: its file marks the step's artifacts as written
         for name, artifact in saved.items():

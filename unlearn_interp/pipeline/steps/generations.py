@@ -31,14 +31,12 @@ class Generations:
         subject = run.subject
         prompts = subject.generation_prompts or subject.prompts["forget"][:4]
         chosen = list(run.variants.variants(self.variants).values())
-        table = evaluation.compare_generations(subject.model, chosen, prompts,
-                                               max_new_tokens=subject.max_new_tokens,
-                                               progress=False)  # fmt: skip
+        table = evaluation.compare_generations(
+            subject.model, chosen, prompts, max_new_tokens=subject.max_new_tokens, progress=False
+        )
         figure = plotting.generations_table(table, title=self.title)
         return StepOutput(tables={"generations": table}, figures={FIGURE: figure})
 
     def summary(self, run: Run) -> StepSummary:
         table = run.dir.table("generations")
-        return StepSummary(
-            section=f"## {self.title}\n\n{plotting.generations_markdown(table)}"
-        )
+        return StepSummary(section=f"## {self.title}\n\n{plotting.generations_markdown(table)}")

@@ -37,17 +37,24 @@ class LayerProfile:
     def compute(self, run: Run) -> StepOutput:
         subject, variants = run.subject, run.variants
         profile = analysis.layer_profile(
-            subject.model, list(variants.variants(self.variants).values()), dict(subject.prompts),
+            subject.model,
+            list(variants.variants(self.variants).values()),
+            dict(subject.prompts),
             directions={"direction": variants.junk().vector},
-            control_vectors=variants.control_vectors(), batch_size=subject.batch_size,
-        )  # fmt: skip
+            control_vectors=variants.control_vectors(),
+            batch_size=subject.batch_size,
+        )
         figures = profile_figures(profile, subject.layer, self.note)
         return StepOutput(tables={"layer_profile": profile}, figures=figures)
 
     def summary(self, run: Run) -> StepSummary:
         entry = profile_summary(run.dir.table("layer_profile"), run.subject.layer)
-        links = ", ".join(f"[{name}]({path})" for name, path in zip(FIGURES, figure_files(FIGURES), strict=True))
-        section = "\n".join(["## Layer profile", "", *bullet_lines(entry, ".3f"), "", f"Figures: {links}."])
+        links = ", ".join(
+            f"[{name}]({path})" for name, path in zip(FIGURES, figure_files(FIGURES), strict=True)
+        )
+        section = "\n".join(
+            ["## Layer profile", "", *bullet_lines(entry, ".3f"), "", f"Figures: {links}."]
+        )
         return StepSummary(metrics={"layer_profile": entry}, section=section)
 
 
@@ -58,15 +65,21 @@ def profile_figures(profile: pd.DataFrame, layer: int, note: str = "") -> dict[s
     about = f" ({note})" if note else ""
     after = "After ablation"
     return {
-        "layer_cosines_rmu": plotting.plot_layer_cosines(before, rmu_layer=layer,
-            title=f"RMU splits from base at its layer: cosine to base{about}"),
-        "layer_norms_rmu": plotting.plot_layer_norms(before, rmu_layer=layer,
-            title=f"RMU's junk: residual norm by layer{about}"),
-        "layer_cosines_ablated": plotting.plot_layer_cosines(profile, rmu_layer=layer,
-            title=f"{after}: cosine to base{about}"),
-        "layer_norms_ablated": plotting.plot_layer_norms(profile, rmu_layer=layer,
-            title=f"{after}: residual norm{about}"),
-    }  # fmt: skip
+        "layer_cosines_rmu": plotting.plot_layer_cosines(
+            before,
+            rmu_layer=layer,
+            title=f"RMU splits from base at its layer: cosine to base{about}",
+        ),
+        "layer_norms_rmu": plotting.plot_layer_norms(
+            before, rmu_layer=layer, title=f"RMU's junk: residual norm by layer{about}"
+        ),
+        "layer_cosines_ablated": plotting.plot_layer_cosines(
+            profile, rmu_layer=layer, title=f"{after}: cosine to base{about}"
+        ),
+        "layer_norms_ablated": plotting.plot_layer_norms(
+            profile, rmu_layer=layer, title=f"{after}: residual norm{about}"
+        ),
+    }
 
 
 def profile_summary(profile: pd.DataFrame, layer: int) -> dict[str, float]:

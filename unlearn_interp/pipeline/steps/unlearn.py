@@ -32,15 +32,23 @@ class Unlearn:
     name: str = "unlearn"
 
     def files(self, run: Run) -> list[str]:
-        trained = [RunFiles.UNLEARNED_WEIGHTS, RunFiles.BASE_WEIGHTS, RunFiles.CONTROL_VECTORS,
-                   RunFiles.RMU_HISTORY]  # fmt: skip
+        trained = [
+            RunFiles.UNLEARNED_WEIGHTS,
+            RunFiles.BASE_WEIGHTS,
+            RunFiles.CONTROL_VECTORS,
+            RunFiles.RMU_HISTORY,
+        ]
         return trained + figure_files([TRAINING_FIGURE])
 
     def compute(self, run: Run) -> StepOutput:
         subject = run.subject
-        result = rmu.train_rmu(subject.model, forget=subject.forget_corpora,
-                               retain=subject.retain_corpora, cfg=self.config,
-                               progress=run.progress)  # fmt: skip
+        result = rmu.train_rmu(
+            subject.model,
+            forget=subject.forget_corpora,
+            retain=subject.retain_corpora,
+            cfg=self.config,
+            progress=run.progress,
+        )
         restore_weights(subject.model, result.base_weights)
         result.save(run.dir.root)
         return StepOutput(figures={TRAINING_FIGURE: plotting.plot_training_curves(result.history)})
@@ -53,15 +61,17 @@ def rmu_section(cfg: rmu.RMUConfig, history: pd.DataFrame) -> str:
     """The report's unlearning section: RMU's settings and where its training ended."""
     last = history.iloc[-1]
     coef = f"beta = {cfg.adaptive_beta}" if cfg.adaptive_beta else f"c = {cfg.steering_coef}"
-    return "\n".join([
-        "## Unlearning",
-        "",
-        f"RMU at layer {cfg.layer} (residual stream after that block), update layers "
-        f"{list(cfg.update_layers)}, {coef}, alpha = {cfg.alpha}, lr = {cfg.lr}, {cfg.steps} "
-        f"steps, seed {cfg.seed}. Last step: forget loss {last.forget_loss:.4g}, retain loss "
-        f"{last.retain_loss:.4g}, cos(forget, u) {last.cos_forget_u:.3f}, cos(retain, frozen) "
-        f"{last.cos_retain_frozen:.4f}; curves: [{TRAINING_FIGURE}]({figure_files([TRAINING_FIGURE])[0]}).",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "## Unlearning",
+            "",
+            f"RMU at layer {cfg.layer} (residual stream after that block), update layers "
+            f"{list(cfg.update_layers)}, {coef}, alpha = {cfg.alpha}, lr = {cfg.lr}, {cfg.steps} "
+            f"steps, seed {cfg.seed}. Last step: forget loss {last.forget_loss:.4g}, retain loss "
+            f"{last.retain_loss:.4g}, cos(forget, u) {last.cos_forget_u:.3f}, cos(retain, frozen) "
+            f"{last.cos_retain_frozen:.4f}; curves: [{TRAINING_FIGURE}]({figure_files([TRAINING_FIGURE])[0]}).",
+        ]
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,8 +36,13 @@ FULL_VARIANTS = (
 )
 ARM_VARIANTS = ("rmu", "rmu_ablated", "rmu_subspace_ablated", "rmu_random_subspace_ablated")
 # the first seed's layer profile and generations
-PROFILE_VARIANTS = ("base", "rmu", "rmu_ablated", "rmu_subspace_ablated",
-                    "rmu_random_subspace_ablated")  # fmt: skip
+PROFILE_VARIANTS = (
+    "base",
+    "rmu",
+    "rmu_ablated",
+    "rmu_subspace_ablated",
+    "rmu_random_subspace_ablated",
+)
 GENERATION_VARIANTS = PROFILE_VARIANTS
 # gap recovered: name -> (variant, the base it is measured against)
 GAPS = {
@@ -102,15 +107,22 @@ class Study:
         figure uses, are scored on the forget tasks only."""
         data, headline = self.data, self.headline
         return Subject(
-            model=self.model, title=self.title, tasks=self.tasks,
+            model=self.model,
+            title=self.title,
+            tasks=self.tasks,
             forget_tasks=tuple(data.forget_tasks),
             prompts={"forget": data.forget_prompts, "retain": data.retain_prompts},
-            layer=headline.config.layer, generation_prompts=data.generation_prompts,
-            forget_corpora=[data.forget_corpus], retain_corpora=[data.retain_corpus],
-            batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-            seed=headline.seeds[0], variants_folder=headline.seed_dir(headline.seeds[0]),
-            report_only=self.report_only, controls_on_forget_only=True,
-        )  # fmt: skip
+            layer=headline.config.layer,
+            generation_prompts=data.generation_prompts,
+            forget_corpora=[data.forget_corpus],
+            retain_corpora=[data.retain_corpus],
+            batch_size=self.batch_size,
+            max_new_tokens=self.max_new_tokens,
+            seed=headline.seeds[0],
+            variants_folder=headline.seed_dir(headline.seeds[0]),
+            report_only=self.report_only,
+            controls_on_forget_only=True,
+        )
 
 
 def smollm2_rmu_config(seed: int = 0) -> rmu.RMUConfig:

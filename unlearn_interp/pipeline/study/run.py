@@ -159,14 +159,21 @@ def run_study(
         )
     seeds = _checked_seeds(seeds)
     run_dir = RunDir(out, force=force, recompute=recompute)
-    settings = {"job": "model_demo", "model": model, "seeds": seeds, "topic": topic,
-                "rmu": smollm2_rmu_config().to_dict()}  # fmt: skip
+    settings = {
+        "job": "model_demo",
+        "model": model,
+        "seeds": seeds,
+        "topic": topic,
+        "rmu": smollm2_rmu_config().to_dict(),
+    }
     run_dir.check_settings(with_dtype(settings, dtype))
     paths = timed(run_dir, "fetch", lambda: asset_paths(cache_dir, progress))
     study = timed(run_dir, "data", lambda: build_study(paths, seeds, topic, device, dtype))
     record_data(run_dir, study.data)
     source = ModelSource(str(paths[SMOLLM2]), device, str(dtype or torch.float32).split(".")[-1])
-    chosen = ledger if isinstance(ledger, LedgerSettings) else MODEL_DEMO_SETTINGS if ledger else None
+    chosen = (
+        ledger if isinstance(ledger, LedgerSettings) else MODEL_DEMO_SETTINGS if ledger else None
+    )
     return run_loaded_study(run_dir, study, progress, REAL_MODEL_SETTINGS, chosen, executor, source)
 
 

@@ -64,8 +64,9 @@ class BaseAccuracy:
 
     def compute(self, run: Run) -> StepOutput:
         subject = run.subject
-        table = evaluate_per_item(subject.model, [Variant("base")], subject.tasks,
-                                  subject.batch_size, run.progress)  # fmt: skip
+        table = evaluate_per_item(
+            subject.model, [Variant("base")], subject.tasks, subject.batch_size, run.progress
+        )
         return StepOutput(tables={"base_per_item": table})
 
     def summary(self, run: Run) -> StepSummary:
@@ -85,8 +86,9 @@ class ScoreVariants:
     def compute(self, run: Run) -> StepOutput:
         subject = run.subject
         chosen = list(run.variants.variants(self.variants).values())
-        table = evaluate_per_item(subject.model, chosen, subject.tasks_for, subject.batch_size,
-                                  run.progress)  # fmt: skip
+        table = evaluate_per_item(
+            subject.model, chosen, subject.tasks_for, subject.batch_size, run.progress
+        )
         return StepOutput(tables={"mcq_per_item": table})
 
     def summary(self, run: Run) -> StepSummary:
@@ -98,8 +100,11 @@ def seed_steps(arm: Arm, seed: int) -> list[Any]:
     the subspace of the updated blocks (random controls drawn with the same seed), the arm's
     variants scored."""
     cfg = with_changes(arm.config, seed=seed)
-    return [Unlearn(cfg), Directions(subspace_layers=cfg.update_layers),
-            ScoreVariants(arm.variants)]  # fmt: skip
+    return [
+        Unlearn(cfg),
+        Directions(subspace_layers=cfg.update_layers),
+        ScoreVariants(arm.variants),
+    ]
 
 
 def run_seed(run_dir: RunDir, study: Study, arm: Arm, seed: int, progress: bool) -> None:
@@ -204,8 +209,11 @@ class Seeds:
     name: str = "seeds"
 
     def files(self, run: Run) -> list[str]:
-        sub_runs = [f"{arm.seed_dir(s)}/{RunFiles.MCQ_PER_ITEM}" for arm in self.study.arms
-                    for s in arm.seeds]  # fmt: skip
+        sub_runs = [
+            f"{arm.seed_dir(s)}/{RunFiles.MCQ_PER_ITEM}"
+            for arm in self.study.arms
+            for s in arm.seeds
+        ]
         return sub_runs + figure_files([TRAINING_FIGURE])
 
     def compute(self, run: Run) -> StepOutput:
@@ -218,8 +226,10 @@ class Seeds:
         headline = self.study.headline
         entry = direction_summary(run.dir, headline)
         lines = ["## Junk direction and subspace", "", *bullet_lines(entry)]
-        return StepSummary(metrics={"seeds": list(headline.seeds), "junk_direction": entry},
-                           section="\n".join(lines))  # fmt: skip
+        return StepSummary(
+            metrics={"seeds": list(headline.seeds), "junk_direction": entry},
+            section="\n".join(lines),
+        )
 
 
 def direction_summary(run_dir: RunDir, arm: Arm) -> dict[str, Any]:
