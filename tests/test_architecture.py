@@ -1,8 +1,10 @@
 """The package's shape, enforced: import direction and circles, TransformerLens behind the backend
-seam, module and function sizes. Static (reads the source with ``ast``), so it runs in a second.
+seam; long modules and functions reported as warnings. Static (reads the source with ``ast``),
+so it runs in a second.
 
-The layer order is DESIGN.md's: a module may import only modules of lower rank (or its own
-subpackage's siblings). Function-level imports count; ``if TYPE_CHECKING:`` imports do not.
+The layer order is docs/architecture.md's: a module may import only modules of lower rank (or
+its own subpackage's siblings). Function-level imports count; ``if TYPE_CHECKING:`` imports do
+not.
 
     python -m pytest tests/test_architecture.py -q
 """
@@ -11,10 +13,8 @@ from __future__ import annotations
 
 import ast
 import re
-import statistics
+import warnings
 from pathlib import Path
-
-import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "unlearn_interp"
 
@@ -32,34 +32,39 @@ RANKS = {
     "plotting": 3,
     "hf_convert": 4,
     "backend_decode": 4,  # the buffered cache entry and the rotated-key decode attention
-    "backend_components": 4.2,  # the toolkit's TransformerLens components, put on built models
-    "loader": 4.5,  # models.load_model (whole or first blocks), re-exported by models
-    "models": 5,
-    "kv_cache": 5.5,  # decoding caches, re-exported by activations
-    "activations": 6,
-    "interventions": 7,
-    "training": 7,
-    "directions": 8,
-    "evaluation": 9,
-    "rmu": 9,
-    "organism": 10,
-    "attacks": 10,
-    "analysis": 11,
-    "pipeline": 12,
-    "study": 13,  # unlearn_interp.study / .gallery: the old import paths, re-exporting pipeline's
-    "gallery": 13,
-    "cli_options": 14,  # options several commands share (cli.py declares the commands)
-    "cli": 15,
-    "__init__": 16,
+    "backend_components": 5,  # the toolkit's TransformerLens components, put on built models
+    "loader": 6,  # models.load_model (whole or first blocks), re-exported by models
+    "models": 7,
+    "kv_cache": 8,  # decoding caches, re-exported by activations
+    "activations": 9,
+    "interventions": 10,
+    "training": 10,
+    "directions": 11,
+    "evaluation": 12,
+    "rmu": 12,
+    "organism": 13,
+    "attacks": 13,
+    "analysis": 14,
+    "pipeline": 15,
+    "cli_options": 16,  # options several commands share (cli.py declares the commands)
+    "cli": 17,
+    "__init__": 18,
 }
 # Plotting draws DataFrames: it may not import model code, whatever the ranks say.
 PLOTTING_MAY_IMPORT = {"errors", "artifacts", "data", "stats", "plotting"}
 
-# Where TransformerLens may be named: the backend seam.
-SEAM = {"models", "hf_convert", "backend_components", "activations", "interventions", "variants"}
-SEAM |= {"backend_decode"}  # cached decoding (rotated keys, grouped attention)
-SEAM |= {"loader"}  # load_model, moved out of models
-SEAM |= {"kv_cache"}  # TransformerLens' key-value cache classes, moved out of activations
+# Where TransformerLens may be named: the backend seam (docs/architecture.md).
+SEAM = {
+    "models",
+    "loader",  # load_model: HF config -> TL, tensors streamed, first blocks
+    "hf_convert",
+    "backend_components",  # the toolkit's components on the models it builds
+    "backend_decode",  # cached decoding (rotated keys, grouped attention)
+    "kv_cache",  # TransformerLens' key-value cache classes
+    "activations",
+    "interventions",
+    "variants",
+}
 TL_NAMES = [
     r"\btransformer_lens\b",
     r"\bHookedTransformer\w*",
@@ -72,9 +77,10 @@ TL_NAMES = [
     r"hook_resid_(post|pre|mid)",
 ]
 
-MAX_MODULE_LINES = 500
-MAX_FUNCTION_LINES = 60
-MAX_MEDIAN_FUNCTION_LINES = 15
+# Sizes are smells, not limits: a module or function over these is reported (as a warning in
+# the test summary) for a look, never failed. Split a module when it holds two ideas.
+MODULE_LINES_WORTH_A_LOOK = 500
+FUNCTION_LINES_WORTH_A_LOOK = 60
 
 
 def _sources() -> dict[str, Path]:
@@ -219,10 +225,20 @@ def test_the_seam_check_finds_what_it_looks_for(tmp_path):
     assert any(re.search(p, code[0]) for p in TL_NAMES) and len(code) == 1
 
 
-@pytest.mark.parametrize("module", sorted(_sources()))
-def test_module_size(module):
-    lines = len(_sources()[module].read_text().splitlines())
-    assert lines <= MAX_MODULE_LINES, f"{module} has {lines} lines (at most {MAX_MODULE_LINES})"
+class SizeSmell(UserWarning):
+    """A module or function long enough to be worth a look."""
+
+
+def test_sizes_worth_a_look_are_reported_not_failed():
+    for module, path in _sources().items():
+        lines = len(path.read_text().splitlines())
+        if lines > MODULE_LINES_WORTH_A_LOOK:
+            warnings.warn(
+                SizeSmell(f"{module} has {lines} lines: does it hold two ideas?"), stacklevel=1
+            )
+    for name, lines in _function_lengths().items():
+        if lines > FUNCTION_LINES_WORTH_A_LOOK:
+            warnings.warn(SizeSmell(f"{name} has {lines} lines: worth a look"), stacklevel=1)
 
 
 def _function_lengths() -> dict[str, int]:
@@ -233,10 +249,3 @@ def _function_lengths() -> dict[str, int]:
                 first = min([node.lineno] + [d.lineno for d in node.decorator_list])
                 lengths[f"{module}:{node.lineno}:{node.name}"] = node.end_lineno - first + 1
     return lengths
-
-
-def test_function_sizes():
-    lengths = _function_lengths()
-    long = {name: n for name, n in lengths.items() if n > MAX_FUNCTION_LINES}
-    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
-    assert statistics.median(lengths.values()) <= MAX_MEDIAN_FUNCTION_LINES

@@ -1,4 +1,4 @@
-"""RMU on the first l+1 blocks (issue 16): ``models.load_model(..., first_blocks=k)`` builds only
+"""RMU on the first l+1 blocks: ``models.load_model(..., first_blocks=k)`` builds only
 the embeddings and blocks 0..k-1 from the checkpoint, bitwise the full model's tensors; anything
 needing the unembedding refuses with one sentence; ``train_rmu`` on it gives bitwise the weights
 training on the whole model gives, and the saved result applied to the full model is the same

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from unlearn_interp import cli, gallery, plotting
+from unlearn_interp import cli, plotting
 from unlearn_interp.errors import UnlearnInterpError
+from unlearn_interp.pipeline import gallery
 from unlearn_interp.pipeline.gallery import _spread
 
 

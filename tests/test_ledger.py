@@ -436,7 +436,8 @@ def test_report_section_and_metrics_pair_each_attack_with_its_control(tmp_path):
     table = ledger_table.ledger_table(every_attack_items(), ledger_subjects.FORGET_TASKS, n_boot=50)
     section = ledger_table.ledger_markdown(table, figure_png=True)
     assert (
-        section.startswith(ledger_table.SECTION) and "![recovery ledger](figures/ledger.png)" in section
+        section.startswith(ledger_table.SECTION)
+        and "![recovery ledger](figures/ledger.png)" in section
     )
     rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
     assert len(rows) == 5  # 2 ablations, 1 quantisation, relearning, benign fine-tuning
@@ -625,7 +626,10 @@ def test_cli_ledger_resumes_a_real_model_demo_with_its_settings(real_run, monkey
     monkeypatch.setattr(jobs, "run_study", fake_study)
     assert cli.main(["ledger", "--run", str(out)]) == 2
     assert (seen["seeds"], seen["topic"], seen["dtype"], seen["recompute"]) == (
-        [0], "x", torch.float32, []
+        [0],
+        "x",
+        torch.float32,
+        [],
     )
 
 

@@ -200,7 +200,7 @@ def peak_over_params(path: Path, dtype: str) -> float:
 
 
 def big_checkpoint(family: str, path: Path, tokenizer) -> Path:
-    """A checkpoint of ``family``: for the Llama-style ones issue 15's Zephyr-proportioned shape
+    """A checkpoint of ``family``: for the Llama-style ones the Zephyr-proportioned shape
     (32 blocks at d_model 512, ~117M parameters, vocabulary 8000; Qwen2 with tied embeddings),
     GPT-2 16 blocks at 512; random weights written in bfloat16, as Zephyr ships, without
     building the model. (At 16 blocks the fixed costs of loading -- tokenizer, buffers -- were

@@ -131,7 +131,7 @@ def test_demo_depth_profile_has_its_tables_section_and_metrics(demo_run):
     probes = pd.read_csv(out / "tables/depth_probes.csv")
     base = probes[(probes.variant == "base") & (probes.label == "choice")]
     last = base[base.layer == base.layer.max()].set_index("probe")
-    assert last.loc["own", "accuracy"] >= 0.9  # issue 14: the base model's answer is readable
+    assert last.loc["own", "accuracy"] >= 0.9  # the base model's answer is readable
     assert last.loc["shuffled", "accuracy"] <= last.loc["shuffled", "chance"] + 0.1
 
 
