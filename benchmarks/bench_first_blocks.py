@@ -1,4 +1,4 @@
-"""RMU on the first l+1 blocks (issue 16): peak memory of training on
+"""RMU on the first l+1 blocks: peak memory of training on
 ``models.load_model(ckpt, first_blocks=layer + 1)`` against loading the whole model.
 
 Usage:
@@ -35,7 +35,7 @@ prints a table and writes ``benchmarks/results/first_blocks_<shape>_<device>_<dt
 ``--methods`` runs a subset (``load_whole``, a first-blocks and a whole-model training at least;
 the weights are then compared with the first whole-model training's), for shapes where each
 method takes minutes.
-Goal (issue 16): training on the first blocks <= 0.35x the peak of loading the whole model.
+Goal: training on the first blocks <= 0.35x the peak of loading the whole model.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Usage:
 Model: GPT-2-small shape (12 layers, d_model 768, 12 heads, vocab 50257) with random weights.
 The three settings are timed interleaved (ABCABC...) so machine load drifts hit all of them
 alike; the ratio of medians is reported and written to benchmarks/results/interventions.json.
-Targets (issue 2): hooks <= 1.2x, orthogonalised weights <= 1.02x.
+Targets: hooks <= 1.2x, orthogonalised weights <= 1.02x.
 """
 
 from __future__ import annotations

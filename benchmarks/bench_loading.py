@@ -17,7 +17,7 @@ peak is its own:
 * memory: the process's peak resident set size while loading (``VmHWM``, reset after the imports
   through ``/proc/self/clear_refs`` where the kernel allows it, else ``ru_maxrss``) minus its
   resident size after the imports, against the bytes of the model's parameters: the goal
-  (issue 15) is ``extra_over_params <= 0.25``, i.e. peak <= parameters + 25%;
+  is ``extra_over_params <= 0.25``, i.e. peak <= parameters + 25%;
 * time: wall-clock and process CPU seconds of the load call (medians over rounds).
 Every worker writes a digest of its model's state dict (each parameter and buffer: name, dtype,
 shape, bytes) and its logits on a fixed prompt; the parent checks that both loaders produced

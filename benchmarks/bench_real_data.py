@@ -1,4 +1,4 @@
-"""Base accuracy and scoring throughput of SmolLM2-135M on the real-data tasks (issue 11).
+"""Base accuracy and scoring throughput of SmolLM2-135M on the real-data tasks.
 
 Usage:
     python benchmarks/bench_real_data.py                       # assets from the sources cache

@@ -20,7 +20,7 @@ fresh subprocess, so each peak is its own:
 All three use the same seed, control vectors, batches and optimiser (AdamW, no weight decay,
 eps 1e-6, the reference's ``transformers.AdamW`` default).
 
-Model ("zephyr-512", default; issue 15's measurement): 32 blocks, d_model 512, gated SiLU MLP
+Model ("zephyr-512", default): 32 blocks, d_model 512, gated SiLU MLP
 (d_mlp 1792 = 3.5 d_model), RMSNorm, rotary, 8 heads / 2 key-value heads, vocabulary 2000; RMU at
 layer 7 updating blocks 5..7, batch 4 x 256 tokens, two topics, 10 steps (batches 0..4 of each
 topic; train_rmu diagnoses batches 0 and 4, i.e. 4 of the 10 steps). "zephyr-small" is the same
@@ -43,7 +43,7 @@ The parent checks train_rmu's final weights are bitwise equal in both diagnostic
 within float tolerance of the reference's (HF and TransformerLens order their arithmetic
 differently; the discrepancy must be 100x below the update itself, so the check could fail),
 prints a table and writes benchmarks/results/rmu_<shape>_<device>.json.
-Targets (issue 15): time-per-step ratio >= 3.5x, peak-memory ratio <= 0.4x.
+Targets: time-per-step ratio >= 3.5x, peak-memory ratio <= 0.4x.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ positions, LayerNorm, 50k vocabulary) and questions as token ids, shaped like a 
 four choices of 2-6 (``sciq``) or 2-8 (``mmlu``) tokens each. The token ids are random: only
 the lengths matter to the time, and random weights give every question distinct scores.
 
-``--shape smollm2-135m-mmlu`` (issue 15) is real: SmolLM2-135M's checkpoint and the 144 MMLU
+``--shape smollm2-135m-mmlu`` is real: SmolLM2-135M's checkpoint and the 144 MMLU
 college-biology test questions (asset cache) as ``mcq_accuracy(mode="continuation",
 prompt_template=MMLU_CONTINUATION_TEMPLATE)`` tokenises them, and adds a third runner,
-``cached_before``: the cached path as it was before issue 15 (plain consecutive batches of
+``cached_before``: the cached path as it was before 2026-11-28 (plain consecutive batches of
 ``--batch-size`` length-sorted rows instead of :func:`scoring.length_groups`'s batches of least
 padding, no shared prompt prefix run once, and TransformerLens' own concatenating KV cache
 instead of ``activations.new_kv_cache(max_len=)``'s buffers, on which ``backend_decode``'s
@@ -124,7 +124,7 @@ def real_requests(model, n: int | None) -> list[evaluation.Request]:
 
 
 def plain_batches(lengths, batch_size: int, call_cost: int) -> list[list[int]]:
-    """Consecutive batches of ``batch_size`` of the length-sorted rows (before issue 15)."""
+    """Consecutive batches of ``batch_size`` of the length-sorted rows (the cached path before 2026-11-28)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
@@ -267,7 +267,7 @@ def main() -> None:
             )
             if "cached_before" in qps:
                 print(
-                    f"  cached as before issue 15 {qps['cached_before']:.2f} q/s: now "
+                    f"  cached as before 2026-11-28 {qps['cached_before']:.2f} q/s: now "
                     f"x{r['speedup_vs_before_wall']:.2f} wall, "
                     f"x{r['speedup_vs_before_cpu']:.2f} CPU"
                 )

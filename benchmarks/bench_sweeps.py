@@ -22,7 +22,7 @@ Loading the organism is excluded. Times: wall seconds, and CPU seconds of every 
 (for Ray: the driver plus Ray's processes, raylet and workers, read with psutil just before
 shutdown). The parent checks the Ray tables equal the 1-thread serial tables exactly (same seeds,
 one thread per worker), prints ratios (ray / serial) and writes benchmarks/results/sweeps_cpu.json.
-Target (issue 16): Ray wall <= 0.6x serial on a 2-core machine.
+Target: Ray wall <= 0.6x serial on a 2-core machine.
 """
 
 from __future__ import annotations
