@@ -28,8 +28,9 @@ SECONDS_GROUPS = {
     "rmu": ("unlearn", "seeds_unlearn"),
 }
 ALWAYS_REPORTED = ("rmu",)
-# Steps whose time is that of their sub-runs' steps (counted there, as ``seeds_<step>``).
-CONTAINERS = ("seeds",)
+# Steps whose time is that of their parts (counted there: the sub-runs' steps as
+# ``seeds_<step>``, the ledger's parts as ``ledger_<part>``).
+CONTAINERS = ("seeds", "ledger")
 
 
 def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
@@ -71,8 +72,8 @@ def render_report(
 def seconds_summary(steps: Mapping[str, float], root: str | os.PathLike) -> dict[str, Any]:
     """metrics.json's ``seconds``: :data:`SECONDS_GROUPS` that ran (``rmu`` always), every other
     step as ``analysis``, their ``total``, and every step by name (the sub-runs' steps of
-    ``seeds/*`` summed as ``seeds_<step>``; a step made of sub-runs, :data:`CONTAINERS`, is
-    listed but counted through them)."""
+    ``seeds/*`` summed as ``seeds_<step>``; a step made of parts, :data:`CONTAINERS`, is listed
+    but counted through its parts)."""
     every = {**steps, **_sub_run_seconds(root)}
     grouped = {name: [s for s in every if s in members] for name, members in SECONDS_GROUPS.items()}
     summary = {
