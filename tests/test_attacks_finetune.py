@@ -7,14 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlearn_interp import evaluation, models
+from unlearn_interp import evaluation, models, training
 from unlearn_interp.attacks.finetune import (
     FinetuneConfig,
     finetune_curve,
     finetuned_variant,
     lr_grid,
     relearning_attack,
-    text_batches,
 )
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.variants import Variant, applied
@@ -117,9 +116,9 @@ def test_mlp_out_trains_only_w_out(tiny_model):
 
 
 def test_batches_are_seeded_and_cover_every_text():
-    draw = text_batches(TEXTS, 2, seed=3)
+    draw = training.text_batches(TEXTS, 2, seed=3)
     first = [next(draw) for _ in range(3)]
-    again = text_batches(TEXTS, 2, seed=3)
+    again = training.text_batches(TEXTS, 2, seed=3)
     assert [next(again) for _ in range(3)] == first
     assert sorted(sum(first, [])) == sorted(TEXTS * 2)
 

@@ -19,12 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from unlearn_interp import activations, data, models, rmu, training
 from unlearn_interp.analysis.adaptive import _Retraining
-from unlearn_interp.attacks.finetune import (
-    FinetuneConfig,
-    finetune_curve,
-    next_token_loss,
-    trained_names,
-)
+from unlearn_interp.attacks.finetune import FinetuneConfig, finetune_curve, trained_names
 from unlearn_interp.rmu.forward import SplitForward
 from unlearn_interp.rmu.loss import forget_term
 from unlearn_interp.variants import restored_weights, snapshot_weights
@@ -146,7 +141,7 @@ def test_rmu_saved_activations_equal_autograds(tiny, masked):
 def test_finetune_saved_activations_equal_autograds(tiny, params):
     model, e = tiny
     with training.trainable(model, trained_names(model, params), lr=1e-3):
-        measured = saved_bytes(model, lambda: next_token_loss(model, a_batch()))
+        measured = saved_bytes(model, lambda: training.next_token_loss(model, a_batch()))
     assert measured == ma.finetune_saved_bytes(TINY, BATCH, SEQ, e, params)
 
 
@@ -154,7 +149,7 @@ def test_adamw_state_equals_the_optimizers(tiny):
     model, e = tiny
     names = [models.mlp_out_param(layer) for layer in (1, 2, 3)]
     with training.trainable(model, names, lr=1e-3) as optimizer:
-        next_token_loss(model, a_batch()).backward()
+        training.next_token_loss(model, a_batch()).backward()
         optimizer.step()
         moments = sum(
             t.nbytes for s in optimizer.state.values() for k, t in s.items() if k != "step"

@@ -7,6 +7,10 @@ relearning attack share.
 * :func:`frozen_blocks` runs blocks ``start..stop-1`` with saved tensors in place of the trained
   ones (a frozen copy of the model through ``functional_call``, never a second model in memory).
 * :func:`check_finite` turns a NaN or infinite loss into one sentence.
+* :func:`next_token_loss` on a batch of texts, :func:`text_batches` drawn from them in a seeded
+  order: what fine-tuning and the methods that train on text share.
+* :class:`UnlearningResult`: what an unlearning method (other than RMU, whose result carries its
+  control vectors) produced, and its files in a run directory.
 
     >>> names = [models.mlp_out_param(l) for l in (5, 6, 7)]             # doctest: +SKIP
     >>> with trainable(model, names, lr=1e-3) as optimizer:              # doctest: +SKIP
@@ -16,13 +20,20 @@ relearning attack share.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
+import random
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from unlearn_interp import activations
+from unlearn_interp import activations, artifacts, data, models
+from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.models import Model
 from unlearn_interp.variants import get_param, restore_weights, snapshot_weights
@@ -95,4 +106,85 @@ def check_finite(loss: Tensor, where: str, advice: str = "lower the learning rat
         raise UnlearnInterpError(f"{where} is {loss.item()}; {advice}")
 
 
-__all__ = ["check_finite", "check_holds_exactly", "frozen_blocks", "trainable"]
+def text_batches(texts: Sequence[str], batch_size: int, seed: int) -> Iterator[list[str]]:
+    """Endless batches of ``batch_size`` texts: seeded permutations of ``texts`` one after the
+    other, cut into consecutive runs (a batch may span two passes)."""
+    rng = random.Random(seed)
+    pool: list[int] = []
+    while True:
+        while len(pool) < batch_size:
+            order = list(range(len(texts)))
+            rng.shuffle(order)
+            pool += order
+        yield [texts[i] for i in pool[:batch_size]]
+        pool = pool[batch_size:]
+
+
+def next_token_loss(model: Model, batch: data.Batch) -> Float[Tensor, ""]:
+    """Mean float32 next-token cross-entropy over the real tokens of a left-padded batch (a
+    target counts when it and the token before it are real)."""
+    batch = batch.to(models.model_device(model))
+    logits = activations.logits(model, batch)[:, :-1].float()
+    keep = (batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]).bool()
+    losses = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), batch.tokens[:, 1:].reshape(-1), reduction="none"
+    )
+    weight = keep.reshape(-1).float()
+    return (losses * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
+    """``texts`` as a list when it is a non-empty sequence of strings, else one sentence."""
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
+        raise UnlearnInterpError(f"{what} must be a non-empty list of strings")
+    return list(texts)
+
+
+@dataclasses.dataclass
+class UnlearningResult:
+    """What an unlearning run of ``method`` produced: its settings (``config``, as recorded),
+    the base and unlearned values of the tensors it trained, one row per step (``history``).
+    ``Variant(method, weights=result.unlearned_weights)`` on the base model is the unlearned
+    model.
+
+    >>> result.save("runs/grad_diff")                                       # doctest: +SKIP
+    """
+
+    method: str
+    config: dict[str, Any]
+    base_weights: dict[str, Tensor]
+    unlearned_weights: dict[str, Tensor]
+    history: pd.DataFrame
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """``config.json`` (key ``method`` and the settings under the method's name; other keys
+        kept), ``unlearned_weights.safetensors``, ``base_weights.safetensors`` and
+        ``tables/<method>_history.csv``, each atomically."""
+        root = Path(directory)
+        path = root / RunFiles.CONFIG
+        record = artifacts.read_json(path) if path.is_file() else {}
+        record.update(
+            {
+                "method": self.method,
+                self.method: self.config,
+                "library_versions": artifacts.library_versions(),
+            }
+        )
+        artifacts.write_json(path, record)
+        models.save_weights(self.unlearned_weights, root / RunFiles.UNLEARNED_WEIGHTS)
+        models.save_weights(self.base_weights, root / RunFiles.BASE_WEIGHTS)
+        with artifacts.atomic_path(root / RunFiles.table(f"{self.method}_history")) as tmp:
+            self.history.to_csv(tmp, index=False)
+        return root
+
+
+__all__ = [
+    "UnlearningResult",
+    "check_finite",
+    "check_holds_exactly",
+    "check_texts",
+    "frozen_blocks",
+    "next_token_loss",
+    "text_batches",
+    "trainable",
+]

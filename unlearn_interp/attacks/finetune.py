@@ -27,21 +27,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
-from unlearn_interp import activations, data, models, training
+from unlearn_interp import activations, models, training
 from unlearn_interp.checks import check_int
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.evaluation.mcq import accuracy_table
 from unlearn_interp.models import Model
+from unlearn_interp.training import check_texts, next_token_loss, text_batches
 from unlearn_interp.variants import Variant, applied, restored_weights, snapshot_weights
 
 PARAMS = ("all", "mlp_out")
@@ -90,40 +89,6 @@ def trained_names(model: Model, params: str) -> list[str]:
     if params == "all":
         return [name for name, _ in model.named_parameters()]
     raise UnlearnInterpError(f"params must be 'all' or 'mlp_out', got {params!r}")
-
-
-def text_batches(texts: Sequence[str], batch_size: int, seed: int) -> Iterator[list[str]]:
-    """Endless batches of ``batch_size`` texts: seeded permutations of ``texts`` one after the
-    other, cut into consecutive runs (a batch may span two passes)."""
-    rng = random.Random(seed)
-    pool: list[int] = []
-    while True:
-        while len(pool) < batch_size:
-            order = list(range(len(texts)))
-            rng.shuffle(order)
-            pool += order
-        yield [texts[i] for i in pool[:batch_size]]
-        pool = pool[batch_size:]
-
-
-def next_token_loss(model: Model, batch: data.Batch) -> Float[Tensor, ""]:
-    """Mean float32 next-token cross-entropy over the real tokens of a left-padded batch (a
-    target counts when it and the token before it are real)."""
-    batch = batch.to(models.model_device(model))
-    logits = activations.logits(model, batch)[:, :-1].float()
-    keep = (batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]).bool()
-    losses = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), batch.tokens[:, 1:].reshape(-1), reduction="none"
-    )
-    weight = keep.reshape(-1).float()
-    return (losses * weight).sum() / weight.sum().clamp(min=1.0)
-
-
-def check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
-    """``texts`` as a list when it is a non-empty sequence of strings, else one sentence."""
-    if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
-        raise UnlearnInterpError(f"{what} must be a non-empty list of strings")
-    return list(texts)
 
 
 def finetune_curve(
