@@ -165,7 +165,7 @@ def rmu_saved_bytes(
 
 
 def finetune_saved_bytes(a: Arch, batch: int, seq: int, dtype_bytes: int, params: str) -> int:
-    """``attacks.finetune`` (``params`` "all" or "mlp_out") through ``next_token_loss``: every
+    """``attacks.finetune`` (``params`` "all" or "mlp_out") through ``training.next_token_loss``: every
     block saves what it needs for the input gradient (block 0 only its W_out input under
     "mlp_out"), and the attention weight copies of those blocks; "all" adds nine d_model-wide
     inputs of weight gradients per block, two for the final norm and unembedding and the token
@@ -284,7 +284,19 @@ def step_bytes(a: Arch, s: Setting) -> dict[str, int]:
         "direction extraction": w + no_grad,
         "fine-tuning attack, mlp_out": finetune_bytes(a, s, "mlp_out"),
         "fine-tuning attack, all parameters": finetune_bytes(a, s, "all"),
+        "audit of a pair whose every MLP changed, without the ledger": w
+        + changed_mlp_bytes(a, e)
+        + no_grad
+        + logits_bytes(b, 1, a.d_vocab, e),
+        "audit of that pair, the ledger's fine-tuning (all parameters)": finetune_bytes(a, s, "all")
+        + changed_mlp_bytes(a, e),
     }
+
+
+def changed_mlp_bytes(a: Arch, dtype_bytes: int) -> int:
+    """The unlearned tensors an audit holds beside the base model when every block's MLP matrices
+    changed (gradient difference, NPO, fine-tuning of the MLPs): 3 x d_model x d_mlp a block."""
+    return update_matrices(a, 3 * a.n_layers) * dtype_bytes
 
 
 def components(a: Arch, s: Setting) -> dict[str, int]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from unlearn_interp import analysis, models, rmu
+from unlearn_interp.pipeline.steps.accuracy import evaluate_per_item
 from unlearn_interp.pipeline.study.config import (
     MAX_ITEMS_PER_TASK,
     Study,
@@ -28,7 +29,6 @@ from unlearn_interp.pipeline.study.config import (
     with_changes,
 )
 from unlearn_interp.pipeline.study.data import asset_paths, build_study
-from unlearn_interp.pipeline.study.seeds import evaluate_per_item
 from unlearn_interp.variants import Variant, restored_weights
 
 RESULTS = Path(__file__).parent / "results"

@@ -42,6 +42,7 @@ RANKS = {
     "directions": 11,
     "evaluation": 12,
     "rmu": 12,
+    "grad_diff": 12,
     "organism": 13,
     "attacks": 13,
     "analysis": 14,

@@ -1,8 +1,9 @@
 """The command line: options generated from RMUConfig, declared once, handed to pipeline jobs.
 
-Fast: no test here trains or loads a model; ``models.load_model`` and ``run_checkpoint`` are
-replaced where a command would reach them. The commands end to end are tested beside their
-library modules (test_rmu, test_directions, test_evaluation, test_pipeline, test_reliability).
+Fast: no test here trains or loads a model; ``models.load_model``, ``rmu.train_rmu`` and
+``audit`` are replaced where a command would reach them. The commands end to end are tested
+beside their library modules (test_rmu, test_directions, test_evaluation, test_pipeline,
+test_audit, test_reliability).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from unlearn_interp.pipeline import jobs
 from unlearn_interp.pipeline.rundir import with_dtype
 
 PREFIX = "unlearn-interp: error:"
-MODEL_COMMANDS = ("run", "unlearn", "direction", "evaluate", "demo", "figures")
+MODEL_COMMANDS = ("audit", "unlearn", "direction", "evaluate", "demo", "figures")
 NOT_OPTIONS = ("progress", "rmu_settings")  # -q, and the RMU options collected
 
 
@@ -56,8 +57,9 @@ def files(tmp_path, monkeypatch):
     return tmp_path
 
 
-RUN = ["run", "--base", "ckpt", "--forget-mcq", "mcq.jsonl", "--prompts", "prompts.txt",
-       "--out", "out"]  # fmt: skip
+AUDIT = ["audit", "--base", "ckpt", "--unlearned", "u", "--forget-mcq", "mcq.jsonl",
+         "--retain-mcq", "mcq.jsonl", "--out", "out"]  # fmt: skip
+UNLEARN = ["unlearn", "--model", "ckpt", "--out", "out"]
 CORPORA = ["--forget", "forget.txt", "--retain", "retain.txt"]
 
 
@@ -69,9 +71,8 @@ def run_cli(argv, capsys) -> tuple[int, list[str]]:
 # --- options generated from RMUConfig -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["unlearn", "run"])
-def test_every_rmu_config_field_is_an_option_of_unlearn_and_run(command):
-    dests = {a.dest for a in subparsers()[command]._actions}
+def test_every_rmu_config_field_is_an_option_of_unlearn():
+    dests = {a.dest for a in subparsers()["unlearn"]._actions}
     fields = {f.name for f in dataclasses.fields(rmu.RMUConfig)}
     assert {cli.RMU_DEST + name for name in fields} <= dests
     assert fields <= set(cli_options.RMU_HELP)  # each has its help line
@@ -100,18 +101,6 @@ def test_unset_rmu_options_leave_the_config_defaults():
     assert cli.job_arguments(args.job, args)["rmu_settings"] == {"layer": 2}
 
 
-def test_run_spells_the_rmu_fields_it_uses_itself_with_an_rmu_prefix():
-    run = flags("run")
-    assert {"--rmu-batch-size", "--rmu-seed", "--batch-size", "--seed", "--layer"} <= run
-    assert {"--steering-coef", "--adaptive-beta", "--adam-eps", "--no-mask-padding"} <= run
-    args = cli.build_parser().parse_args(
-        [*RUN, "--batch-size", "8", "--rmu-batch-size", "2", "--seed", "1", "--rmu-seed", "9"]
-    )
-    given = cli.job_arguments(args.job, args)
-    assert (given["batch_size"], given["seed"]) == (8, 1)
-    assert given["rmu_settings"] == {"batch_size": 2, "seed": 9}
-
-
 def test_rmu_option_choices_come_from_rmu():
     assert choices("unlearn", "--control-vector") == tuple(rmu.CONTROL_VECTOR_KINDS)
 
@@ -126,7 +115,7 @@ def test_every_command_that_loads_a_model_takes_dtype_and_device(command):
 
 
 def test_choices_are_the_library_constants():
-    assert choices("evaluate", "--mode") == choices("run", "--mode") == evaluation.MODES
+    assert choices("evaluate", "--mode") == choices("audit", "--mode") == evaluation.MODES
     assert choices("direction", "--method") == directions.METHODS
     assert choices("direction", "--prefer") == directions.PREFERENCES
     assert choices("demo", "--size") == choices("figures", "--size") == tuple(organism.SIZES)
@@ -139,7 +128,7 @@ def test_each_command_gives_its_job_every_parameter_and_the_job_defaults(command
     parser = subparsers()[command]
     job = parser.get_default("job")
     required = {
-        "run": RUN[1:],
+        "audit": AUDIT[1:],
         "unlearn": ["--model", "m", "--forget", "f", "--retain", "r", "--layer", "1", "--out", "o"],
         "direction": ["--model", "m", "--run", "r", "--prompts", "p", "--out", "o"],
         "evaluate": ["--model", "m", "--mcq", "q"],
@@ -241,56 +230,68 @@ def test_a_dtype_other_than_float32_is_part_of_a_runs_settings():
 
 
 @pytest.fixture
-def experiment_calls(monkeypatch):
-    """``run_checkpoint``'s keyword arguments; it returns no metrics, so the job stops there."""
+def rmu_calls(monkeypatch):
+    """``rmu.train_rmu``'s corpora and config; it stops there instead of training."""
     calls = []
 
-    def fake(out, **kwargs):
-        calls.append(kwargs)
-        raise Stop("stopped before the experiment")
+    def fake(model, forget, retain, cfg, **kwargs):
+        calls.append({"forget": forget, "retain": retain, "cfg": cfg})
+        raise Stop("stopped before training")
 
-    monkeypatch.setattr(jobs, "run_checkpoint", fake)
+    monkeypatch.setattr(jobs, "load_model", lambda *args, **kwargs: "a model")
+    monkeypatch.setattr(rmu, "train_rmu", fake)
     return calls
 
 
-def test_run_trains_rmu_from_options_alone(files, experiment_calls, capsys):
-    argv = [*RUN, *CORPORA, "--layer", "1", "--steering-coef", "9", "--rmu-seed", "3"]
-    code, err = run_cli([*argv, "--dtype", "float16"], capsys)
-    assert code == 2 and err == [f"{PREFIX} stopped before the experiment"]
-    (call,) = experiment_calls
-    assert call["rmu_config"] == rmu.RMUConfig(layer=1, steering_coef=9.0, seed=3)
-    assert call["dtype"] == torch.float16 and call["seed"] == 0 and call["batch_size"] == 8
-    assert call["forget_corpora"] == [["a forget document"]]
+def test_unlearn_trains_rmu_from_options_alone(files, rmu_calls, capsys):
+    argv = [*UNLEARN, *CORPORA, "--layer", "1", "--steering-coef", "9", "--seed", "3"]
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and err == [f"{PREFIX} stopped before training"]
+    (call,) = rmu_calls
+    assert call["cfg"] == rmu.RMUConfig(layer=1, steering_coef=9.0, seed=3)
+    assert call["forget"] == [["a forget document"]]
 
 
-def test_run_options_override_the_rmu_config_file(files, experiment_calls, capsys):
-    argv = [*RUN, *CORPORA, "--rmu-config", "rmu.json", "--steps", "2"]
+def test_unlearn_options_override_the_rmu_config_file(files, rmu_calls, capsys):
+    argv = [*UNLEARN, *CORPORA, "--rmu-config", "rmu.json", "--steps", "2"]
     assert run_cli(argv, capsys)[0] == 2
-    assert experiment_calls[0]["rmu_config"] == rmu.RMUConfig(layer=1, steps=2, alpha=3.0)
+    assert rmu_calls[0]["cfg"] == rmu.RMUConfig(layer=1, steps=2, alpha=3.0)
 
 
-def test_run_shares_one_retain_corpus_across_topics(files, experiment_calls, capsys):
-    argv = [*RUN, "--forget", "forget.txt", "forget.txt", "--retain", "retain.txt", "--layer", "1"]
+def test_unlearn_shares_one_retain_corpus_across_topics(files, rmu_calls, capsys):
+    argv = [*UNLEARN, "--forget", "forget.txt", "forget.txt", "--retain", "retain.txt",
+            "--layer", "1"]  # fmt: skip
     assert run_cli(argv, capsys)[0] == 2
-    assert experiment_calls[0]["retain_corpora"] == [["a retain document"]] * 2
+    assert rmu_calls[0]["retain"] == [["a retain document"]] * 2
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ([], "training RMU needs --forget and --retain corpora (or give --unlearned)"),
-        (["--forget", "forget.txt", "--layer", "1"], "training RMU needs --forget and --retain"),
-        (["--unlearned", "ckpt", "--layer", "1", "--alpha", "5"], "RMU option 'alpha' trains RMU"),
         ([*CORPORA], "RMUConfig field 'layer' is missing"),
         ([*CORPORA, "--rmu-config", "rmu.json", "--steps", "0"], "rmu.json: RMUConfig.steps must"),
     ],
 )
-def test_run_bad_combinations_are_one_sentence_and_exit_2(
-    files, experiment_calls, capsys, extra, message
-):
-    code, err = run_cli([*RUN, *extra], capsys)
+def test_unlearn_bad_settings_are_one_sentence_and_exit_2(files, rmu_calls, capsys, extra, message):
+    code, err = run_cli([*UNLEARN, *extra], capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith(PREFIX) and message in err[0]
-    assert experiment_calls == []
+    assert rmu_calls == []
+
+
+def test_audit_hands_its_options_to_the_audit(files, monkeypatch, capsys):
+    calls = []
+
+    def fake(out, **kwargs):
+        calls.append(kwargs)
+        raise Stop("stopped before the audit")
+
+    monkeypatch.setattr(jobs, "audit", fake)
+    argv = [*AUDIT, "--layer", "3", "--skip", "ledger", "depth", "--mode", "continuation"]
+    assert run_cli([*argv, "--dtype", "bfloat16"], capsys)[0] == 2
+    (call,) = calls
+    assert call["layer"] == 3 and call["skip"] == ["ledger", "depth"]
+    assert call["mode"] == "continuation" and call["dtype"] == torch.bfloat16
+    assert call["forget_mcq"] == ["mcq.jsonl"] and call["unlearned"] == "u"
 
 
 def test_positions_is_checked_before_the_model_loads(files, load_model_calls, capsys):

@@ -1,5 +1,6 @@
-"""pipeline (the organism demo, the shared steps, the step engine, run directories) and the
-demo/run commands: the whole story end to end, resumable run directories."""
+"""pipeline (the organism demo, the shared steps, the step engine, run directories) and the demo
+command: the whole story end to end, resumable run directories. The audit of a checkpoint pair:
+test_audit."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ import json
 
 import pandas as pd
 import pytest
-import torch
-from conftest import save_hf_checkpoint
 
-from unlearn_interp import cli, models, pipeline, rmu
+from unlearn_interp import pipeline, rmu
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.pipeline.depth.summary import SECTION as DEPTH_SECTION
 from unlearn_interp.pipeline.steps import profile
@@ -150,76 +149,3 @@ def test_resuming_with_other_settings_is_refused(demo_run, organism_test):
         pipeline.run_demo(
             out, size="test", seed=3, cache_dir=organism_test.cache_path.parent, ledger=False
         )
-
-
-@pytest.fixture(scope="module")
-def real_checkpoint_files(tmp_path_factory):
-    """A tiny base checkpoint, an 'unlearned' copy with one MLP output changed, and data files."""
-    from transformers import AutoModelForCausalLM
-
-    from unlearn_interp import data
-
-    root = tmp_path_factory.mktemp("real")
-    tok = data.train_tokenizer(
-        ["Question: what is the answer? A B C D the a of"] * 20, vocab_size=300
-    )
-    base = save_hf_checkpoint("llama", root / "base", tok)
-    hf = AutoModelForCausalLM.from_pretrained(base)
-    with torch.no_grad():
-        hf.model.layers[1].mlp.down_proj.weight.add_(
-            torch.randn_like(hf.model.layers[1].mlp.down_proj.weight)
-        )
-    hf.save_pretrained(root / "unlearned")
-    tok.save_pretrained(root / "unlearned")
-    rows = [
-        {
-            "question": f"Question {i}?",
-            "choices": ["a", "b", "c", "d"],
-            "answer": i % 4,
-            "subject": "biology",
-        }
-        for i in range(8)
-    ]
-    (root / "wmdp_bio.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "mmlu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
-    (root / "prompts.txt").write_text("the answer is\nwhat is the question\na b c d\n")
-    (root / "forget.txt").write_text("the answer is a\nthe question is b\n" * 4)
-    (root / "retain.txt").write_text("a b c d\nthe of a\n" * 4)
-    return root
-
-
-def test_run_command_on_real_checkpoints_writes_the_run(real_checkpoint_files, tmp_path, capsys):
-    root = real_checkpoint_files
-    args = ["-q", "run", "--base", str(root / "base"), "--unlearned", str(root / "unlearned"),
-            "--forget-mcq", str(root / "wmdp_bio.jsonl"), "--retain-mcq", str(root / "mmlu.jsonl"),
-            "--prompts", str(root / "prompts.txt"), "--layer", "1", "--out", str(tmp_path / "run")]  # fmt: skip
-    assert cli.main(args) == 0
-    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
-    assert set(metrics["accuracy"]["rmu"]) == {"wmdp_bio", "mmlu"}
-    assert metrics["junk_direction"]["layer"] == 1
-    assert "gap recovered" in capsys.readouterr().out
-    weights = models.load_weights(tmp_path / "run/unlearned_weights.safetensors")
-    assert list(weights) == ["blocks.1.mlp.W_out"]
-
-
-def test_run_command_can_train_rmu_from_a_config(real_checkpoint_files, tmp_path):
-    root = real_checkpoint_files
-    cfg = rmu.RMUConfig(layer=1, steering_coef=20.0, alpha=10.0, lr=1e-3, steps=4, max_len=32)
-    (tmp_path / "rmu.json").write_text(json.dumps(cfg.to_dict()))
-    args = ["-q", "run", "--base", str(root / "base"), "--rmu-config", str(tmp_path / "rmu.json"),
-            "--forget", str(root / "forget.txt"), "--retain", str(root / "retain.txt"),
-            "--forget-mcq", str(root / "wmdp_bio.jsonl"), "--prompts", str(root / "prompts.txt"),
-            "--out", str(tmp_path / "run")]  # fmt: skip
-    assert cli.main(args) == 0
-    assert (tmp_path / "run/control_vectors.safetensors").is_file()
-    assert json.loads((tmp_path / "run/metrics.json").read_text())["junk_direction"]["layer"] == 1
-
-
-def test_run_command_bad_input_exits_2_with_one_line(real_checkpoint_files, tmp_path, capsys):
-    root = real_checkpoint_files
-    args = ["run", "--base", str(root / "base"), "--unlearned", str(root / "unlearned"),
-            "--forget-mcq", str(root / "wmdp_bio.jsonl"), "--prompts", str(root / "prompts.txt"),
-            "--layer", "9", "--out", str(tmp_path / "run")]  # fmt: skip
-    assert cli.main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("unlearn-interp: error: layer 9 is out of range")

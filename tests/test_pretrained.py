@@ -153,3 +153,30 @@ def test_subspace_ablation_equals_its_weight_orthogonalisation_on_smollm2(smollm
             by_weights = smollm2(tokens)
     assert (by_hooks - by_weights).abs().max().item() < 1e-3
     assert (by_hooks - plain).abs().max().item() > 1e-2  # the ablation did something
+
+
+def test_audit_of_a_gradient_difference_pair_finds_where_it_wrote(
+    smollm2, chemistry_data, tmp_path
+):
+    """A non-RMU pair on a real model: gradient difference over the MLPs of blocks 2-5, then the
+    audit (without its ledger and depth profile): the change table names exactly those blocks,
+    the junk direction is read at one of their outputs, and every accuracy has an interval."""
+    from unlearn_interp.grad_diff import GradDiffConfig, train_grad_diff
+    from unlearn_interp.pipeline.audit.run import AuditData, audit_model
+    from unlearn_interp.variants import restore_weights
+
+    cfg = GradDiffConfig(steps=6, lr=1e-4, batch_size=2, max_len=32, layers=(2, 3, 4, 5))
+    result = train_grad_diff(smollm2, chemistry_data.forget_corpus[:24],
+                             chemistry_data.retain_corpus[:24], cfg, progress=False)  # fmt: skip
+    restore_weights(smollm2, result.base_weights)
+    tasks = {t: chemistry_data.tasks[t][:12] for t in ("cloze_elements", "cloze_capitals")}
+    audit_data = AuditData(tasks, ["cloze_elements"], "continuation", prompt_template="{question}")
+    metrics = audit_model(tmp_path / "audit", smollm2, result.unlearned_weights, audit_data,
+                          skip=("ledger", "depth", "generations"), progress=False)  # fmt: skip
+    changes = metrics["changes"]
+    assert changes["blocks_changed"] == [2, 3, 4, 5] and changes["tensors_changed"] == 12
+    assert changes["layer"] in (2, 3, 4, 5)
+    assert metrics["accuracy"]["base"]["cloze_elements"] >= 0.9
+    ci = metrics["accuracy_ci"]["unlearned"]["cloze_capitals"]
+    assert ci["ci_low"] <= metrics["accuracy"]["unlearned"]["cloze_capitals"] <= ci["ci_high"]
+    assert "cos_with_control_vector" not in metrics["junk_direction"]

@@ -181,6 +181,10 @@ def files(tmp_path_factory, tokenizer):
     nan[3, 4] = float("nan")
     models.save_weights({W_OUT_1: nan}, root / "nanrun/unlearned_weights.safetensors", None)
     (root / "emptyrun").mkdir()
+    models.save_weights(
+        {W_OUT_1: torch.randn(shape)}, root / "corruptrun/unlearned_weights.safetensors"
+    )
+    (root / "corruptrun/config.json").write_text("{not json")
     directions.Direction(
         vector=torch.randn(16), raw_norm=1.0, layer=1, positions="last", n_prompts=3,
         method="diff_in_means", model_name="a 16-wide model",
@@ -194,8 +198,8 @@ UNLEARN = ["unlearn", "--model", "ckpt", "--forget", "forget.jsonl", "--retain",
 EVALUATE = ["evaluate", "--model", "ckpt", "--mcq", "mcq.jsonl", "--device", "cpu"]
 DIRECTION = ["direction", "--model", "ckpt", "--run", "run", "--prompts", "prompts.txt",
              "--layer", "1", "--device", "cpu", "--out", "out_direction"]  # fmt: skip
-RUN = ["run", "--base", "ckpt", "--forget", "forget.jsonl", "--retain", "retain.txt",
-       "--forget-mcq", "mcq.jsonl", "--prompts", "prompts.txt", "--out", "out_pipeline"]  # fmt: skip
+AUDIT = ["audit", "--base", "ckpt", "--unlearned", "run", "--forget-mcq", "mcq.jsonl",
+         "--retain-mcq", "mcq.jsonl", "--out", "out_pipeline"]  # fmt: skip
 
 
 def _with(base: list[str], **changes: str | list[str] | None) -> list[str]:
@@ -265,11 +269,16 @@ BAD_INPUT = {
     "--out is a file (unlearn)": (_with(UNLEARN, out="afile"), "--out afile is a file"),
     "--out is a file (demo)": (["demo", "--size", "test", "--out", "afile"], "afile: File exists"),
     "RMU config that is not JSON": (
-        _with(RUN, rmu_config="broken.json"), "broken.json line 1 is not valid JSON"),
+        _with(UNLEARN, rmu_config="broken.json"), "broken.json line 1 is not valid JSON"),
     "RMU config with an unknown field": (
-        _with(RUN, rmu_config="bogus.json"), "bogus.json: RMUConfig has no field 'bogus'"),
+        _with(UNLEARN, rmu_config="bogus.json"), "bogus.json: RMUConfig has no field 'bogus'"),
     "RMU config without a layer": (
-        _with(RUN, rmu_config="nolayer.json"), "nolayer.json: RMUConfig field 'layer' is missing"),
+        _with(UNLEARN, layer=None, rmu_config="nolayer.json"),
+        "nolayer.json: RMUConfig field 'layer' is missing"),
+    "audit of an unlearned model that is not there": (
+        _with(AUDIT, unlearned="nowhere"), "--unlearned nowhere does not exist"),
+    "audit of a run with a corrupt config": (
+        _with(AUDIT, unlearned="corruptrun"), "corruptrun/config.json line 1 is not valid JSON"),
     "bad device string": (_with(UNLEARN, device="gpu0"), "device 'gpu0' is not a torch device"),
 }  # fmt: skip
 if not torch.cuda.is_available():
@@ -306,8 +315,8 @@ def test_the_good_versions_of_those_commands_succeed(
         _with(EVALUATE, run="run", ablate=out),
     ):
         assert run_cli(["-q", *argv], monkeypatch, capsys)[0] == 0, argv
-    # RUN is the pipeline: covered by test_pipeline; here only that its options parse
-    assert cli.build_parser().parse_args(_with(RUN, unlearned="ckpt", layer="1")).job
+    # AUDIT is the pipeline: covered by test_audit; here only that its options parse
+    assert cli.build_parser().parse_args(_with(AUDIT, layer="1")).job
 
 
 def test_debug_shows_the_traceback(files, monkeypatch, capsys):

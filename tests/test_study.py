@@ -16,11 +16,13 @@ from unlearn_interp import directions, models, pipeline, real_data, rmu, stats
 from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.pipeline.depth.step import DepthSettings
+from unlearn_interp.pipeline.jobs import summary_text
 from unlearn_interp.pipeline.rundir import RunDir
+from unlearn_interp.pipeline.steps.intervals import GAP_ROLES
 from unlearn_interp.pipeline.steps.profile import FIGURES as PROFILE_FIGURES
 from unlearn_interp.pipeline.study import config as study
 from unlearn_interp.pipeline.study.intervals import FIGURES as INTERVAL_FIGURES
-from unlearn_interp.pipeline.study.run import run_loaded_study, run_study, summary_text
+from unlearn_interp.pipeline.study.run import run_loaded_study, run_study
 from unlearn_interp.pipeline.study.seeds import ModelSource, run_seed, run_seeds
 
 
@@ -100,7 +102,7 @@ def test_study_rmu_drops_the_forget_task_and_the_intervals_hold_the_means(study_
 
 def test_study_gap_recovered_has_every_ablation_and_its_control(study_run):
     _, metrics, _ = study_run
-    assert set(metrics["gap_recovered"]) == set(study.GAPS)
+    assert set(metrics["gap_recovered"]) == set(GAP_ROLES)
     for name, value in metrics["gap_recovered"].items():
         low, high = (metrics["gap_recovered_ci"][name][k] for k in ("ci_low", "ci_high"))
         assert low <= value <= high

@@ -75,40 +75,63 @@ def _add_demo(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
     use_job(parser, jobs.demo_job)
 
 
-def _add_run(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
+def _add_audit(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
     parser = sub.add_parser(
-        "run",
-        help="the demo's analysis on a real checkpoint and your MCQ files",
-        description="Base checkpoint + (an unlearned checkpoint, or RMU trained here from the "
-        "RMU options and/or --rmu-config on --forget/--retain corpora) -> junk direction, "
-        "ablation, random control, MCQ accuracy, layer profiles, generations, figures and "
-        "report in --out. --layer is the RMU layer and where the direction is read.",
+        "audit",
+        help="audit any unlearned model against its base: where it wrote, junk directions, "
+        "depth profile, recovery ledger",
+        description="Where did unlearning write (changed tensors; the layer chosen from the "
+        "forget/retain divergence unless --layer), the junk direction and subspace with random "
+        "controls and the base model under the same ablations, accuracy with 95% intervals, "
+        "layer profile, generations, depth profile and recovery ledger, written into --out. "
+        "--unlearned is a HuggingFace checkpoint of the same architecture, a fetched model "
+        "asset, or a run directory of `unlearn-interp unlearn`. Finished steps are skipped "
+        "when run again.",
     )
-    add_model_options(parser, jobs, flag="--base")
-    how = parser.add_mutually_exclusive_group()
-    how.add_argument(
-        "--unlearned", metavar="DIR", help="unlearned HF checkpoint, same architecture"
+    add_model_options(parser, jobs, flag="--base", help=f"the base model: {MODEL_HELP}")
+    parser.add_argument(
+        "--unlearned",
+        required=True,
+        metavar="DIR",
+        help="unlearned HF checkpoint, model asset or `unlearn` run directory",
     )
-    how.add_argument(
-        "--rmu-config",
-        dest="rmu_config_file",
-        metavar="JSON",
-        help="RMUConfig as JSON (train RMU here; RMU options override its fields)",
-    )
-    add_corpus_options(parser, required=False)
-    add_rmu_options(parser, jobs, layer_required=False, prefixed=("batch_size", "seed"))
-    group = parser.add_argument_group("analysis")
     files = {"nargs": "+", "metavar": "FILE"}
-    group.add_argument("--forget-mcq", required=True, help="hazardous MCQ files", **files)
-    group.add_argument("--retain-mcq", help="general MCQ files (e.g. MMLU)", **files)
-    group.add_argument("--prompts", required=True, metavar="FILE", help="prompts for the direction")
-    group.add_argument("--retain-prompts", metavar="FILE", help="prompts for the layer profile")
-    group.add_argument("--mode", choices=jobs.MCQ_MODES)
-    group.add_argument("--batch-size", type=int, help="analysis batch size")
-    group.add_argument("--seed", type=int, help="analysis seed (random controls)")
+    parser.add_argument("--forget-mcq", required=True, help="forget-topic MCQ files", **files)
+    parser.add_argument("--retain-mcq", required=True, help="retain MCQ files", **files)
+    parser.add_argument("--forget-corpus", metavar="FILE", help="forget-topic texts (prompts)")
+    parser.add_argument(
+        "--retain-corpus",
+        metavar="FILE",
+        help="unrelated texts for benign fine-tuning (default: the retain questions)",
+    )
+    parser.add_argument(
+        "--forget-prompts", metavar="FILE", help="prompts for the directions (default: the corpus)"
+    )
+    parser.add_argument(
+        "--retain-prompts", metavar="FILE", help="retain prompts (default: the retain corpus)"
+    )
+    parser.add_argument(
+        "--layer", type=int, help="read the junk direction here (default: chosen by a rule)"
+    )
+    parser.add_argument("--mode", choices=jobs.MCQ_MODES, help="how questions are scored")
+    parser.add_argument(
+        "--prompt-template",
+        metavar="TEXT",
+        help="continuation mode's prompt, with {question} (and {subject})",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        choices=jobs.AUDIT_SKIPPABLE,
+        metavar="STEP",
+        help=f"leave steps out: {', '.join(jobs.AUDIT_SKIPPABLE)}",
+    )
+    parser.add_argument("--batch-size", type=int, help="scoring batch size")
+    parser.add_argument("--seed", type=int, help="T/V split and random controls")
     add_out_option(parser)
     add_force_option(parser)
-    use_job(parser, jobs.run_job)
+    add_executor_options(parser)  # the ledger's parts
+    use_job(parser, jobs.audit_job)
 
 
 def _add_unlearn(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None:
@@ -119,11 +142,18 @@ def _add_unlearn(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> Non
         "after block --layer on each --forget corpus move to c*u while those on --retain stay "
         "put (the WMDP reference's loss). Writes config.json, control_vectors.safetensors, "
         "unlearned_weights.safetensors, base_weights.safetensors and tables/rmu_history.csv into "
-        "--out. Unset options take RMUConfig's defaults, the released Zephyr-7B RMU settings.",
+        "--out. Unset options take --rmu-config's values, else RMUConfig's defaults (the "
+        "released Zephyr-7B RMU settings); --layer is required one way or the other.",
     )
     add_model_options(parser, jobs)
     add_corpus_options(parser, required=True)
-    add_rmu_options(parser, jobs, layer_required=True)
+    parser.add_argument(
+        "--rmu-config",
+        dest="rmu_config_file",
+        metavar="JSON",
+        help="RMUConfig as JSON; the RMU options override its fields",
+    )
+    add_rmu_options(parser, jobs, layer_required=False)
     add_out_option(parser)
     use_job(parser, jobs.unlearn_job)
 
@@ -270,7 +300,7 @@ def _add_ledger(sub: argparse._SubParsersAction, jobs: types.ModuleType) -> None
 COMMANDS: list[Callable[[argparse._SubParsersAction, types.ModuleType], None]] = [
     _add_info,
     _add_demo,
-    _add_run,
+    _add_audit,
     _add_unlearn,
     _add_direction,
     _add_evaluate,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import mmap
 import os
@@ -38,6 +39,8 @@ from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from unlearn_interp.errors import UnlearnInterpError
+
+log = logging.getLogger(__name__)
 
 # TransformerLens allocates an [n_ctx, n_ctx] causal mask per layer; long-context checkpoints
 # (Zephyr: 32k) would spend gigabytes on it. RMU and WMDP need at most 768 tokens.
@@ -64,11 +67,19 @@ def read_hf_config(path: Path, trust_remote_code: bool = False) -> Any:
             f"{path} has no config.json, so it is not a HuggingFace checkpoint"
         )
     try:
-        return AutoConfig.from_pretrained(
+        config = AutoConfig.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError, KeyError) as err:
         raise UnlearnInterpError(f"{path / 'config.json'} could not be read: {err}") from err
+    if not trust_remote_code and getattr(config, "auto_map", None):
+        log.warning(
+            "%s declares custom code (auto_map in config.json), which is not run: it is loaded "
+            "as the standard %s architecture",
+            path,
+            (getattr(config, "architectures", None) or ["(unnamed)"])[0],
+        )
+    return config
 
 
 def _architecture(hf_config: Any) -> str:
@@ -192,11 +203,16 @@ def model_through_transformers(
     from transformers import AutoModelForCausalLM
 
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=cfg.dtype, trust_remote_code=trust_remote_code
+        hf_model, info = AutoModelForCausalLM.from_pretrained(
+            path,
+            local_files_only=True,
+            dtype=cfg.dtype,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
         )
     except OSError as err:
         raise UnlearnInterpError(f"{path} has no readable weights ({err})") from err
+    _check_nothing_missing(path, hf_model, info)
     state_dict = convert_state_dict(hf_model, cfg)
     del hf_model
     model = HookedTransformer(cfg, move_to_device=False) if into is None else into
@@ -212,6 +228,19 @@ def model_through_transformers(
         refactor_factored_attn_matrices=False,
     )
     return model
+
+
+def _check_nothing_missing(path: Path, hf_model: Any, info: dict[str, Any]) -> None:
+    """One sentence when the checkpoint's weight files lack tensors the architecture needs
+    (transformers would leave them randomly initialised)."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        files = ", ".join(p.name for p in sorted(path.glob("*.bin"))) or "its weight files"
+        total = len(hf_model.state_dict())
+        raise UnlearnInterpError(
+            f"{path}: {len(missing)} of the model's {total} tensors are missing from {files} "
+            f"(e.g. {', '.join(missing[:3])}); they would be random, so it is not loaded"
+        )
 
 
 _GPT2_LAYER = re.compile(r"^h\.(\d+)\.(.+)$")
@@ -243,10 +272,16 @@ def _gpt2_tensor(name: str, t: Tensor, cfg: HookedTransformerConfig) -> dict[str
     b, rest = f"blocks.{match.group(1)}", match.group(2)
     heads = cfg.n_heads
     simple = {
-        "ln_1.weight": "ln1.w", "ln_1.bias": "ln1.b", "ln_2.weight": "ln2.w", "ln_2.bias": "ln2.b",
-        "attn.c_proj.bias": "attn.b_O", "mlp.c_fc.weight": "mlp.W_in", "mlp.c_fc.bias": "mlp.b_in",
-        "mlp.c_proj.weight": "mlp.W_out", "mlp.c_proj.bias": "mlp.b_out",
-    }  # fmt: skip
+        "ln_1.weight": "ln1.w",
+        "ln_1.bias": "ln1.b",
+        "ln_2.weight": "ln2.w",
+        "ln_2.bias": "ln2.b",
+        "attn.c_proj.bias": "attn.b_O",
+        "mlp.c_fc.weight": "mlp.W_in",
+        "mlp.c_fc.bias": "mlp.b_in",
+        "mlp.c_proj.weight": "mlp.W_out",
+        "mlp.c_proj.bias": "mlp.b_out",
+    }
     if rest in simple:
         return {f"{b}.{simple[rest]}": t}
     if rest == "attn.c_attn.weight":
@@ -306,11 +341,19 @@ def _llama_tensor(name: str, t: Tensor, cfg: HookedTransformerConfig) -> dict[st
 # ---------------------------------------------------------------------------------------------
 
 _ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}  # fmt: skip
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 # How much of a mapped shard may be resident at once while one tensor is copied (bytes).
 _SLAB_BYTES = 4 * 2**20
 _MAX_HEADER_BYTES = 100 * 2**20
@@ -364,9 +407,10 @@ def load_checkpoint_tensors(
     matrices = [name for name in params if name.rsplit(".", 1)[-1].startswith(("W_", "_W_"))]
     missing = [name for name in matrices if name not in loaded]
     if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        files = ", ".join(shard.name for shard in shards)
         raise UnlearnInterpError(
-            f"{shards[0].parent} has no tensor for {', '.join(missing[:3])}{more}"
+            f"{shards[0].parent}: {len(missing)} of the model's {len(matrices)} weight matrices "
+            f"are missing from {files} (e.g. {', '.join(missing[:3])})"
         )
 
 

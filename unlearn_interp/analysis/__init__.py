@@ -2,6 +2,8 @@
 
 * :mod:`.profile`: :func:`layer_profile`, the blog's per-layer picture (mean residual norm and
   cosine to the reference variant per layer, forget and retain prompts side by side).
+* :mod:`.changes`: :func:`weight_changes`, where unlearning wrote: each changed tensor's
+  relative change, and :func:`block_changes` per block.
 * :mod:`.similarity`: :func:`representation_similarity`, linear CKA (:func:`linear_cka`) and
   mean cosine between the reference variant's residual stream and each variant's, per layer.
 * :mod:`.lens`: :func:`logit_lens`, the answer's rank, log-probability and choice accuracy as
@@ -33,6 +35,7 @@ from unlearn_interp.analysis.adaptive import (
     layer_sweep,
     training_curves,
 )
+from unlearn_interp.analysis.changes import block_changes, weight_changes
 from unlearn_interp.analysis.lens import decision_questions, lens_items, logit_lens
 from unlearn_interp.analysis.noise import noise_sensitivity
 from unlearn_interp.analysis.probes import Readouts, layer_probes, organism_readouts, readouts
@@ -50,17 +53,18 @@ from unlearn_interp.analysis.tuned_lens import TunedLens, fit_tuned_lens, lens_k
 from unlearn_interp.variants import restored_weights
 
 __all__ = [
-    "METHOD_ADAPTIVE",
-    "METHOD_FIXED",
-    "SWEEP_RECORD_SUFFIX",
     "MCQSets",
     "MCQSetup",
+    "METHOD_ADAPTIVE",
+    "METHOD_FIXED",
     "Point",
     "PromptSets",
     "Readouts",
     "Rows",
+    "SWEEP_RECORD_SUFFIX",
     "Scalar",
     "TunedLens",
+    "block_changes",
     "coefficient_sweep",
     "cos_distribution",
     "decision_questions",
@@ -81,4 +85,5 @@ __all__ = [
     "run_sweep",
     "run_sweep_tables",
     "training_curves",
+    "weight_changes",
 ]

@@ -1,9 +1,6 @@
 """Run-directory reading and writing for the ``direction`` command: the unlearned variant and
 control vectors a run saved, and the direction with its candidates table.
 
-Pipeline business kept here for now (the old ``directions`` import paths re-export it); its home
-is the pipeline's run-directory module once that exists.
-
     rmu, controls = unlearned_from_run(model, "runs/demo")
     save_extraction("runs/demo", direction, candidates)
 """
@@ -16,7 +13,7 @@ from pathlib import Path
 from torch import Tensor
 
 from unlearn_interp import models
-from unlearn_interp.artifacts import RunFiles, atomic_path
+from unlearn_interp.artifacts import RunFiles, atomic_path, read_json
 from unlearn_interp.directions.artifact import Direction
 from unlearn_interp.directions.candidates import Candidates
 from unlearn_interp.errors import UnlearnInterpError
@@ -55,6 +52,8 @@ def unlearned_from_run(model: Model, run_dir: str | os.PathLike) -> tuple[Varian
     >>> rmu, controls = unlearned_from_run(model, "runs/demo")     # doctest: +SKIP
     """
     run_dir = Path(run_dir)
+    if (run_dir / RunFiles.CONFIG).is_file():
+        read_json(run_dir / RunFiles.CONFIG)  # a corrupt record is one sentence, not ignored
     weights_path = run_dir / RunFiles.UNLEARNED_WEIGHTS
     if not weights_path.is_file():
         raise UnlearnInterpError(

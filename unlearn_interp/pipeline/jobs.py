@@ -31,17 +31,18 @@ from unlearn_interp import (
 )
 from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.checks import is_int
+from unlearn_interp.data import QA_TEMPLATE
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.executors import make_executor
 from unlearn_interp.interventions import ablation_hooks
-from unlearn_interp.pipeline.checkpoint import run_checkpoint
+from unlearn_interp.pipeline.audit.run import SKIPPABLE, audit
 from unlearn_interp.pipeline.gallery import make_figures
 from unlearn_interp.pipeline.ledger.step import LEDGER_STEP
 from unlearn_interp.pipeline.ledger.table import ledger_lines, ledger_summary
 from unlearn_interp.pipeline.organism_demo import run_demo
 from unlearn_interp.pipeline.rundir import RunDir
 from unlearn_interp.pipeline.study.config import SMOLLM2, default_arms
-from unlearn_interp.pipeline.study.run import run_study, summary_text
+from unlearn_interp.pipeline.study.run import run_study
 from unlearn_interp.pipeline.variants import RunVariants
 from unlearn_interp.rmu import RMUConfig
 from unlearn_interp.variants import Variant
@@ -57,6 +58,7 @@ ORGANISM_SIZES = tuple(organism.SIZES)
 ASSET_NAMES = tuple(sorted(sources.ASSETS))
 ADD_BOS = {"auto": None, "yes": True, "no": False}  # None: as the tokenizer adds it
 RMU_CHOICES: dict[str, Sequence[str]] = {"control_vector": rmu.CONTROL_VECTOR_KINDS}
+AUDIT_SKIPPABLE = SKIPPABLE
 
 __all__ = [
     "ADD_BOS",
@@ -75,9 +77,9 @@ __all__ = [
     "fetch_job",
     "figures_job",
     "info_job",
+    "audit_job",
     "ledger_job",
     "quiet_progress_bars",
-    "run_job",
     "unlearn_job",
 ]
 
@@ -147,7 +149,7 @@ def rmu_config(settings: Mapping[str, Any], path: str | None = None) -> RMUConfi
 
 
 def demo_summary(metrics: Mapping[str, Any], out: str) -> str:
-    """The short table printed at the end of a demo or ``run``: accuracy per variant and task,
+    """The short table printed at the end of the organism demo: accuracy per variant and task,
     gap recovered, the junk direction."""
     accuracy = metrics["accuracy"]
     tasks = list(next(iter(accuracy.values())))
@@ -161,6 +163,35 @@ def demo_summary(metrics: Mapping[str, Any], out: str) -> str:
         f"junk direction at layer {junk['layer']}: cos with control vector "
         f"{junk['cos_with_control_vector']:.3f}"
     )
+    lines += ledger_lines(metrics.get("ledger"))
+    lines.append(f"total {metrics['seconds']['total']:.0f} s; report: {out}/report.md")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
+
+
+def summary_text(metrics: Mapping[str, Any], out: str | os.PathLike) -> str:
+    """What the command line prints at the end of a run with intervals (the real-model study, an
+    audit): accuracy per variant and task, gap recovered with 95% intervals, the chosen layer
+    when the run chose one, the ledger's headline lines, the time and where the report is."""
+    accuracy = metrics["accuracy"]
+    tasks = [*metrics["forget_tasks"], *metrics["retain_tasks"]]
+    width = max(len(t) for t in tasks) + 2
+    lines = [f"{'variant':<30}" + "".join(f"{t:>{width}}" for t in tasks)]
+    for variant, by_task in accuracy.items():
+        lines.append(f"{variant:<30}" + "".join(_cell(by_task.get(t), width) for t in tasks))
+    lines.append(f"gap recovered (mean of {', '.join(metrics['gap_tasks'])}; 95% interval):")
+    for name, value in metrics["gap_recovered"].items():
+        ci = metrics["gap_recovered_ci"][name]
+        lines.append(f"  {name:<26} {value:6.2f}  [{ci['ci_low']:.2f}, {ci['ci_high']:.2f}]")
+    if "changes" in metrics:
+        changes = metrics["changes"]
+        lines.append(
+            f"{changes['tensors_changed']} tensors changed in blocks {changes['blocks_changed']}; "
+            f"junk direction read at layer {changes['layer']}"
+        )
     lines += ledger_lines(metrics.get("ledger"))
     lines.append(f"total {metrics['seconds']['total']:.0f} s; report: {out}/report.md")
     return "\n".join(lines) + "\n"
@@ -355,14 +386,16 @@ def unlearn_job(
     forget: Sequence[str],
     retain: Sequence[str],
     rmu_settings: Mapping[str, Any],
+    rmu_config_file: str | None = None,
     min_len: int = 0,
     device: str | None = None,
     dtype: str = "float32",
     progress: bool = True,
 ) -> str:
-    """Train RMU on ``model`` and write the run directory ``out``; returns a one-line summary.
-    Recomputes the trained blocks in the backward pass: the same weights, a lower memory peak."""
-    cfg = rmu_config(rmu_settings)
+    """Train RMU on ``model`` (``rmu_settings`` over ``rmu_config_file``'s) and write the run
+    directory ``out``; returns a one-line summary. Recomputes the trained blocks in the backward
+    pass: the same weights, a lower memory peak."""
+    cfg = rmu_config(rmu_settings, rmu_config_file)
     check_out_dir(out)
     corpora = load_corpora(forget, retain, min_len)  # (forget corpora, retain corpora)
     try:  # only blocks 0..layer, where RMU's loss stops: the same weights (load_model logs it)
@@ -380,79 +413,58 @@ def unlearn_job(
     )
 
 
-def run_job(
+def audit_job(
     out: str,
     *,
     base: str,
+    unlearned: str,
     forget_mcq: Sequence[str],
-    prompts: str,
-    unlearned: str | None = None,
-    rmu_config_file: str | None = None,
-    rmu_settings: Mapping[str, Any] | None = None,
-    forget: Sequence[str] = (),
-    retain: Sequence[str] = (),
-    min_len: int = 0,
-    retain_mcq: Sequence[str] = (),
+    retain_mcq: Sequence[str],
+    forget_corpus: str | None = None,
+    retain_corpus: str | None = None,
+    forget_prompts: str | None = None,
     retain_prompts: str | None = None,
+    layer: int | None = None,
     mode: str = "letter",
+    prompt_template: str = QA_TEMPLATE,
+    skip: Sequence[str] = (),
     device: str | None = None,
     dtype: str = "float32",
     batch_size: int = 8,
     seed: int = 0,
     force: bool = False,
     progress: bool = True,
+    executor: str = "serial",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> str:
-    """The demo's analysis on checkpoint ``base``: the unlearned model is checkpoint
-    ``unlearned``, or RMU trained here (``rmu_settings`` over ``rmu_config_file``) on the
-    ``forget``/``retain`` corpora. ``rmu_settings["layer"]`` is also the analysis layer."""
-    settings = dict(rmu_settings or {})
-    tasks = {Path(f).stem: data.load_mcq(f) for f in [*forget_mcq, *retain_mcq]}
-    config = None if unlearned else _run_rmu_config(settings, rmu_config_file, forget, retain)
-    if unlearned:
-        _check_checkpoint_settings(settings)
-    forget_corpora, retain_corpora = load_corpora(forget, retain, min_len) if config else ([], [])
-    metrics = run_checkpoint(
-        out,
-        base=base,
-        tasks=tasks,
-        forget_tasks=[Path(f).stem for f in forget_mcq],
-        prompts=data.load_prompts(prompts),
-        retain_prompts=data.load_prompts(retain_prompts) if retain_prompts else None,
-        layer=settings.get("layer"),
-        unlearned=unlearned,
-        rmu_config=config,
-        forget_corpora=forget_corpora,
-        retain_corpora=retain_corpora,
-        mcq_mode=mode,
-        device=device,
-        dtype=DTYPES[dtype],
-        batch_size=batch_size,
-        seed=seed,
-        force=force,
-        progress=progress,
-    )
-    return demo_summary(metrics, out)
-
-
-def _run_rmu_config(
-    settings: Mapping[str, Any], path: str | None, forget: Sequence[str], retain: Sequence[str]
-) -> RMUConfig:
-    """The config ``run`` trains RMU with; it needs corpora to train on."""
-    if not forget or not retain:
-        raise UnlearnInterpError(
-            "training RMU needs --forget and --retain corpora (or give --unlearned)"
+    """The audit of ``unlearned`` against ``base`` on the MCQ files (and corpora); returns the
+    summary table."""
+    check_out_dir(out)
+    with make_executor(executor, workers=workers, address=ray_address) as runner:
+        metrics = audit(
+            out,
+            base=base,
+            unlearned=unlearned,
+            forget_mcq=forget_mcq,
+            retain_mcq=retain_mcq,
+            forget_corpus=forget_corpus,
+            retain_corpus=retain_corpus,
+            forget_prompts=forget_prompts,
+            retain_prompts=retain_prompts,
+            layer=layer,
+            mode=mode,
+            prompt_template=prompt_template,
+            device=device,
+            dtype=DTYPES[dtype],
+            skip=skip,
+            batch_size=batch_size,
+            seed=seed,
+            executor=runner,
+            force=force,
+            progress=progress,
         )
-    return rmu_config(settings, path)
-
-
-def _check_checkpoint_settings(settings: Mapping[str, Any]) -> None:
-    """With an unlearned checkpoint nothing is trained: an RMU option other than the layer
-    would be ignored, so it is an error."""
-    unused = sorted(name for name in settings if name != "layer")
-    if unused:
-        raise UnlearnInterpError(
-            f"RMU option {unused[0]!r} trains RMU here; it has no effect with --unlearned"
-        )
+    return summary_text(metrics, out)
 
 
 # ---------------------------------------------------------------------------------------------

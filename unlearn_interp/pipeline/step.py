@@ -66,7 +66,8 @@ class Run:
 
     @functools.cached_property
     def variants(self) -> RunVariants:
-        return RunVariants(RunDir(self.dir.path(self.subject.variants_folder)))
+        folder = RunDir(self.dir.path(self.subject.variants_folder))
+        return RunVariants(folder, self.subject.unlearned)
 
 
 @runtime_checkable

@@ -38,7 +38,8 @@ class Subject:
     are read on the forget prompts, the layer profile compares both); ``layer`` is where the
     junk direction is read (residual stream after that block); ``forget_corpora`` and
     ``retain_corpora`` (one per topic) what unlearning trains on. ``variants_folder`` is the
-    sub-run whose weights the run's variants come from ("" = the run itself). ``report_only``
+    sub-run whose weights the run's variants come from ("" = the run itself) and ``unlearned``
+    the unlearned model's name (``rmu`` when the toolkit trained RMU). ``report_only``
     tasks are scored for the plain models only, and with ``controls_on_forget_only`` the
     random controls only on the forget tasks (the real-model study's choices, for time)."""
 
@@ -55,6 +56,7 @@ class Subject:
     max_new_tokens: int = 32
     seed: int = 0
     variants_folder: str = ""
+    unlearned: str = "rmu"
     report_only: tuple[str, ...] = ()
     controls_on_forget_only: bool = False
 
@@ -64,10 +66,10 @@ class Subject:
         return tuple(t for t in self.forget_tasks if t not in self.report_only)
 
     def tasks_for(self, variant: str) -> dict[str, Task]:
-        """The tasks ``variant`` is scored on: all of them for the plain models (``base``,
-        ``rmu``); the others skip the ``report_only`` tasks and, with
+        """The tasks ``variant`` is scored on: all of them for the plain models (``base`` and
+        the unlearned one); the others skip the ``report_only`` tasks and, with
         ``controls_on_forget_only``, a random control is scored on the forget tasks only."""
-        if variant in ("base", "rmu"):
+        if variant in ("base", self.unlearned):
             return self.tasks
         kept = [n for n in self.tasks if n not in self.report_only]
         if self.controls_on_forget_only and "random" in variant:

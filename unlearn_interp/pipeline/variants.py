@@ -1,8 +1,10 @@
 """The variants of one run directory, read from the files its steps wrote, once per run.
 
-``base`` and ``rmu`` come from the weight files of the unlearn step; every ablated variant is
-one of them with a removed direction or subspace (a file of the directions step) projected out
-everywhere. Each file is read at most once; later steps reuse what was read.
+``base`` and the unlearned model come from the weight files of the unlearn step; the unlearned
+model is called ``rmu`` when the toolkit trained RMU and ``unlearned`` for a pair it audits.
+Every ablated variant is one of them with a removed direction or subspace (a file of the
+directions step) projected out everywhere (``rmu_ablated``, ``base_subspace_ablated``). Each
+file is read at most once; later steps reuse what was read.
 
     >>> variants = RunVariants(run)                                         # doctest: +SKIP
     >>> variants.variants(["base", "rmu", "rmu_ablated"])                  # doctest: +SKIP
@@ -29,36 +31,39 @@ ABLATIONS = {
     "subspace_ablated": RunFiles.SUBSPACE,
     "random_subspace_ablated": RunFiles.RANDOM_SUBSPACE,
 }
-STARTS = ("rmu", "base")  # the variants an ablation is applied to
 
 
 class RunVariants:
-    """Variants built from a run directory's files; each file is read on first use only."""
+    """Variants built from a run directory's files (the unlearned model named ``unlearned``);
+    each file is read on first use only."""
 
-    def __init__(self, run: RunDir) -> None:
+    def __init__(self, run: RunDir, unlearned: str = "rmu") -> None:
         self.run = run
+        self.unlearned = unlearned
         self._plain: dict[str, Variant] | None = None
         self._removed: dict[str, Tensor] = {}
         self._controls: dict[str, Tensor | None] = {}  # empty until read
 
     def plain(self) -> dict[str, Variant]:
-        """``base`` (the saved base weights; none for an unlearned checkpoint) and ``rmu``."""
+        """``base`` (the saved base weights; none for an unlearned checkpoint) and the unlearned
+        model."""
         if self._plain is None:
             unlearned = models.load_weights(self.run.path(RunFiles.UNLEARNED_WEIGHTS))
             base_file = self.run.path(RunFiles.BASE_WEIGHTS)
             base = models.load_weights(base_file) if base_file.is_file() else {}
             self._plain = {
                 "base": Variant("base", weights=base),
-                "rmu": Variant("rmu", weights=unlearned),
+                self.unlearned: Variant(self.unlearned, weights=unlearned),
             }
         return self._plain
 
     def available(self) -> list[str]:
-        """Every variant name the run's files allow, ``base`` and ``rmu`` first."""
-        names = list(STARTS[::-1])
+        """Every variant name the run's files allow, ``base`` and the unlearned model first."""
+        starts = (self.unlearned, "base")  # the variants an ablation is applied to
+        names = list(starts[::-1])
         for suffix, file in ABLATIONS.items():
             if self.run.path(file).is_file():
-                names += [f"{start}_{suffix}" for start in STARTS]
+                names += [f"{start}_{suffix}" for start in starts]
         return names
 
     def variants(self, names: Sequence[str] | None = None) -> dict[str, Variant]:
@@ -66,11 +71,14 @@ class RunVariants:
         return {name: self.variant(name) for name in (names or self.available())}
 
     def variant(self, name: str) -> Variant:
-        """One variant by name: ``base``, ``rmu`` or ``<base|rmu>_<ablation>``."""
+        """One variant by name: ``base``, the unlearned model or ``<start>_<ablation>``."""
         plain = self.plain()
         if name in plain:
             return plain[name]
-        start, suffix = name.split("_", 1)
+        start = next((s for s in plain if name.startswith(f"{s}_")), None)
+        suffix = name[len(start) + 1 :] if start is not None else ""
+        if suffix not in ABLATIONS:
+            raise KeyError(f"no variant {name!r} in {self.run.root}")
         return plain[start].with_hooks(ablation_hooks(self.removed(suffix)), name=name)
 
     def removed(self, suffix: str) -> Float[Tensor, "*k d_model"]:

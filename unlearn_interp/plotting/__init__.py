@@ -19,7 +19,8 @@ otherwise it logs one sentence saying how to enable it and returns the files it 
 The modules, one job each: ``style`` (sizes, colours, labels, axes, column checks), ``layers``
 (layer profiles), ``accuracy`` (accuracy bars, gap recovered), ``training`` (RMU training
 curves), ``distributions`` (histograms), ``sweeps`` (coefficient, layer and noise sweeps),
-``tables`` (generations side by side), ``ledger`` (the recovery ledger), ``depth`` (the
+``tables`` (generations side by side), ``ledger`` (the recovery ledger), ``changes`` (where
+unlearning wrote: weight change per block, cosine to base per layer), ``depth`` (the
 depth profile: probes, logit lens, CKA, norms and cosines per layer) and ``export``
 (HTML/PNG files, browser discovery).
 """
@@ -31,6 +32,7 @@ from unlearn_interp.plotting.accuracy import (
     plot_accuracy_bars,
     plot_gap_recovered,
 )
+from unlearn_interp.plotting.changes import plot_weight_changes
 from unlearn_interp.plotting.depth import plot_depth_profile
 from unlearn_interp.plotting.distributions import plot_cos_histograms, plot_maxlogit_histograms
 from unlearn_interp.plotting.export import (
@@ -101,6 +103,7 @@ __all__ = [
     "plot_layer_norms",
     "plot_layer_sweep",
     "plot_ledger",
+    "plot_weight_changes",
     "plot_maxlogit_histograms",
     "plot_noise_sensitivity",
     "plot_training_curves",

@@ -87,6 +87,7 @@ def plot_depth_profile(
     rmu_layer: int | None = None,
     label: str = "choice",
     prompt_set: str = "forget",
+    unlearned: str = "rmu",
 ) -> go.Figure:
     """Probe accuracy, logit-lens rank, CKA, residual norm and cosine to base, per layer.
 
@@ -94,7 +95,8 @@ def plot_depth_profile(
     (rows of ``label`` drawn); ``lens``: ``variant, prompt_set, lens, layer, answer_rank_mean``
     (rows of ``prompt_set``; ``"hazardous"`` stands for ``"forget"``, ``"benign"`` for
     ``"retain"``); ``similarity``: ``variant, prompt_set, layer, cka``; ``profile``:
-    ``variant, prompt_set, layer, norm, cos_to_reference``. ``rmu_layer`` draws a dotted line.
+    ``variant, prompt_set, layer, norm, cos_to_reference``. ``rmu_layer`` draws a dotted line;
+    ``unlearned`` names the unlearned variant the title reports on.
 
     >>> fig = plot_depth_profile(similarity=sim, profile=profile, rmu_layer=2)  # doctest: +SKIP
     """
@@ -116,9 +118,9 @@ def plot_depth_profile(
         subplot_titles=[p.axis_title for p in panels],
     )
     _draw_panels(fig, panels)
-    _layer_axes(fig, panels, rmu_layer)
+    _layer_axes(fig, panels, rmu_layer, "RMU layer" if unlearned == "rmu" else "layer")
     height = ROW_HEIGHT * len(panels) + FIG_HEIGHT - ROW_HEIGHT
-    fig = style_figure(fig, title=title or _default_title(panels), height=height)
+    fig = style_figure(fig, title=title or _default_title(panels, unlearned), height=height)
     margin = fig.layout.template.layout.margin
     plot_height = height - margin.b - (fig.layout.margin.t or margin.t)
     fig.update_layout(legend_y=-LEGEND_GAP / plot_height)  # a fixed gap under the layer axis
@@ -328,8 +330,11 @@ def _style_keys(fig: go.Figure, panels: list[Panel]) -> None:
                 legend_key(fig, name, {"color": "black", "dash": dash, "width": 2})
 
 
-def _layer_axes(fig: go.Figure, panels: list[Panel], rmu_layer: int | None) -> None:
-    """Integer layer ticks on every row, the axis title under the last, the RMU layer marked."""
+def _layer_axes(
+    fig: go.Figure, panels: list[Panel], rmu_layer: int | None, layer_name: str = "RMU layer"
+) -> None:
+    """Integer layer ticks on every row, the axis title under the last, the RMU layer marked
+    (its legend says ``layer_name``)."""
     layers = sorted({int(v) for p in panels for v in p.table["layer"]})
     layer_axes(fig, layers)
     for row in range(1, len(panels)):
@@ -340,7 +345,7 @@ def _layer_axes(fig: go.Figure, panels: list[Panel], rmu_layer: int | None) -> N
     line = {"dash": "dot", "color": "black", "width": 1.5}
     for row in range(1, len(panels) + 1):
         fig.add_vline(x=rmu_layer, line=line, row=row, col=1)
-    legend_key(fig, f"RMU layer {rmu_layer}", line)
+    legend_key(fig, f"{layer_name} {rmu_layer}", line)
 
 
 def _default_title(panels: list[Panel], unlearned: str = "rmu") -> str:

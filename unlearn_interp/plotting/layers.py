@@ -10,7 +10,6 @@ from plotly.subplots import make_subplots
 from unlearn_interp.plotting.style import (
     PROMPT_SET_ORDER,
     VARIANT_COLORS,
-    VARIANT_DASHES,
     check_columns,
     check_layers,
     colors_for,
@@ -20,6 +19,7 @@ from unlearn_interp.plotting.style import (
     ordered,
     style_figure,
     value_at,
+    variant_dash,
     variant_label,
 )
 
@@ -61,7 +61,7 @@ def _layer_profile_figure(
                     line={
                         "color": colors[variant],
                         "width": 2.5,
-                        "dash": VARIANT_DASHES.get(str(variant), "solid"),
+                        "dash": variant_dash(variant),
                     },
                     marker={"size": 6},
                 ),

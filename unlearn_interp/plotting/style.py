@@ -111,8 +111,24 @@ def _wrap_title(title: str, width: int = TITLE_CHARS) -> str:
 
 
 def variant_label(name: object) -> str:
-    """Legend label of a variant (``"rmu_ablated"`` -> ``"RMU, junk ablated"``)."""
-    return VARIANT_LABELS.get(str(name), str(name))
+    """Legend label of a variant (``"rmu_ablated"`` -> ``"RMU, junk ablated"``; an audited
+    pair's ``"unlearned_ablated"`` -> ``"unlearned, junk ablated"``)."""
+    text = str(name)
+    if text in VARIANT_LABELS:
+        return VARIANT_LABELS[text]
+    as_rmu = _as_rmu(text)
+    return VARIANT_LABELS[as_rmu].replace("RMU", "unlearned") if as_rmu in VARIANT_LABELS else text
+
+
+def variant_dash(name: object) -> str:
+    """Line dash of a variant: dashed for the random controls, solid otherwise."""
+    return VARIANT_DASHES.get(_as_rmu(str(name)), "solid")
+
+
+def _as_rmu(name: str) -> str:
+    """An audited pair's variant by the name of its RMU counterpart (``unlearned_x`` -> ``rmu_x``),
+    so both look alike in every figure."""
+    return "rmu" + name.removeprefix("unlearned") if name.startswith("unlearned") else name
 
 
 def colors_for(names: Sequence) -> dict:
@@ -121,8 +137,8 @@ def colors_for(names: Sequence) -> dict:
     spare = [c for c in qualitative.D3 + qualitative.Dark2 if c.lower() not in fixed]
     colors, i = {}, 0
     for name in names:
-        if str(name) in VARIANT_COLORS:
-            colors[name] = VARIANT_COLORS[str(name)]
+        if _as_rmu(str(name)) in VARIANT_COLORS:
+            colors[name] = VARIANT_COLORS[_as_rmu(str(name))]
         else:
             colors[name] = spare[i % len(spare)]
             i += 1

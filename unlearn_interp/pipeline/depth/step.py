@@ -53,8 +53,8 @@ from unlearn_interp.variants import Variant
 
 log = logging.getLogger(__name__)
 
-# The run's own variants the profile shows, when the run has them.
-RUN_VARIANTS = ("base", "rmu", "rmu_ablated", "rmu_subspace_ablated")
+# The ablations of the unlearned model the profile shows beside it and base, when the run has them.
+RUN_ROLES = ("ablated", "subspace_ablated")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +137,7 @@ class Depth:
         with _timed("attacked models"):
             chosen = depth_variants(model, run.variants, inputs, self.settings)
         tables = depth_tables(model, chosen, inputs, self.settings, run.progress)
-        figure = depth_figure(tables, _profile(run), run.subject.layer)
+        figure = depth_figure(tables, _profile(run), run.subject.layer, run.subject.unlearned)
         return StepOutput(tables=tables, figures={FIGURE: figure})
 
     def summary(self, run: Run) -> StepSummary:
@@ -159,18 +159,21 @@ def _profile(run: Run) -> pd.DataFrame | None:
 def depth_variants(
     model: Model, variants: RunVariants, inputs: DepthInputs, settings: DepthSettings
 ) -> list[Variant]:
-    """The run's variants of :data:`RUN_VARIANTS` it has, then the attacked unlearned models:
-    quantised (``rmu_rtn<bits>``) and relearned on the relearning text (``rmu_relearned``)."""
+    """The run's plain and junk-ablated variants it has (:data:`RUN_ROLES`), then the attacked
+    unlearned models: quantised (``<unlearned>_rtn<bits>``) and relearned on the relearning
+    text (``<unlearned>_relearned``)."""
+    u = variants.unlearned
+    wanted = ["base", u, *(f"{u}_{suffix}" for suffix in RUN_ROLES)]
     available = variants.available()
-    chosen = list(variants.variants([n for n in RUN_VARIANTS if n in available]).values())
-    rmu = variants.variant("rmu")
+    chosen = list(variants.variants([n for n in wanted if n in available]).values())
+    unlearned = variants.variant(u)
     if settings.quantize_bits is not None:
         bits = settings.quantize_bits
-        chosen.append(attacks.quantized_variant(model, rmu, bits, name=f"rmu_rtn{bits}"))
+        chosen.append(attacks.quantized_variant(model, unlearned, bits, name=f"{u}_rtn{bits}"))
     if settings.relearn is not None and inputs.relearn_texts:
         cfg = dataclasses.replace(settings.relearn, seed=settings.seed)
         relearned = attacks.finetuned_variant(
-            model, rmu, inputs.relearn_texts, cfg, "rmu_relearned"
+            model, unlearned, inputs.relearn_texts, cfg, f"{u}_relearned"
         )
         chosen.append(relearned)
     return chosen
@@ -253,7 +256,10 @@ def _timed(what: str) -> Iterator[None]:
 
 
 def depth_figure(
-    tables: Mapping[str, pd.DataFrame], profile: pd.DataFrame | None, layer: int
+    tables: Mapping[str, pd.DataFrame],
+    profile: pd.DataFrame | None,
+    layer: int,
+    unlearned: str = "rmu",
 ) -> Any:
     """The depth profile figure, with the run's layer ``profile`` (junk norm and cosine) below
     when there is one."""
@@ -263,6 +269,7 @@ def depth_figure(
         similarity=tables["depth_similarity"],
         profile=profile,
         rmu_layer=layer,
+        unlearned=unlearned,
     )
 
 
@@ -295,8 +302,8 @@ def organism_depth_inputs(org: organism.Organism, seed: int = 0) -> DepthInputs:
 def question_depth_inputs(subject: Subject) -> DepthInputs:
     """A subject's questions (a real model's): its gap tasks for the probes and the lens, its
     retain tasks (neither forget nor report-only) for the lens, each question its own group;
-    its prompts, its retain corpus for the tuned lens; no relearned model (its fine-tuning
-    costs minutes on a real model: the ledger has it)."""
+    its prompts, its retain corpus for the tuned lens (the retain prompts without one); no
+    relearned model (its fine-tuning costs minutes on a real model: the ledger has it)."""
     model, tasks = subject.model, subject.tasks
     forget = subject.gap_tasks
     retain = [t for t in tasks if t not in subject.forget_tasks and t not in subject.report_only]
@@ -305,7 +312,8 @@ def question_depth_inputs(subject: Subject) -> DepthInputs:
         "retain": _joined(model, tasks, retain, decision_questions),
     }
     probe_sets = {"choice": _joined(model, tasks, forget, readouts)}
-    return DepthInputs(probe_sets, lens_sets, subject.prompts, subject.retain_corpora[0])
+    corpus = [text for texts in subject.retain_corpora for text in texts]
+    return DepthInputs(probe_sets, lens_sets, subject.prompts, corpus or subject.prompts["retain"])
 
 
 def _joined(model: Model, tasks: Mapping[str, Task], names: Sequence[str], build: Any) -> Any:

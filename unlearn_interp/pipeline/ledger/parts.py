@@ -43,8 +43,6 @@ from unlearn_interp.variants import Hook, Variant
 log = logging.getLogger(__name__)
 
 ITEM_COLUMNS = ("attack", "setting", "model", "step", "task", "item", "correct", "seed")
-# ledger model name -> the run's variant it starts from
-STARTS = {"unlearned": "rmu", "base": "base"}
 
 
 @dataclasses.dataclass
@@ -71,7 +69,8 @@ class LedgerContext:
 
     def starts(self) -> dict[str, Variant]:
         """The plain unlearned and base variants, by ledger model name."""
-        return {model: self.variants.variant(name) for model, name in STARTS.items()}
+        starts = {"unlearned": self.variants.unlearned, "base": "base"}  # ledger name -> variant
+        return {model: self.variants.variant(name) for model, name in starts.items()}
 
     @functools.cached_property
     def candidates(self) -> directions.Candidates:
@@ -190,6 +189,7 @@ def finetune_part(context: LedgerContext, seed: int) -> pd.DataFrame:
     and the subject's controls (the organism's oracle twin)."""
     subject = context.subject
     texts = {"relearn": subject.relearn_texts, "benign_finetune": subject.benign_texts}
+    texts = {attack: t for attack, t in texts.items() if t}  # no text: the subject's notes say so
     configs = [dataclasses.replace(cfg, seed=seed) for cfg in context.finetune]
     frames = [
         curve_rows(context, (attack, finetune_setting(cfg), name), model, start, texts[attack], cfg)

@@ -163,6 +163,7 @@ class Ledger:
             settings.finetune,
             settings.finetune_seeds,
         )
+        run.dir.record_config("ledger_notes", list(context.subject.notes))
         run_parts(context, run.dir.recomputes(self.name), self.executor)
         per_item = read_parts(run.dir, part_names(settings.finetune_seeds))
         table = ledger_table(per_item, FORGET_TASKS, settings.n_boot, settings.seed)
@@ -171,9 +172,9 @@ class Ledger:
     def summary(self, run: Run) -> StepSummary:
         table = pd.read_csv(run.dir.path(RunFiles.LEDGER))
         png = run.dir.path(FIGURE_FILE).with_suffix(".png").is_file()
-        return StepSummary(
-            metrics={"ledger": ledger_metrics(table)}, section=ledger_markdown(table, png)
-        )
+        notes = run.dir.config().get("ledger_notes", [])
+        section = ledger_markdown(table, png) + "".join(f"\nNote: {note}.\n" for note in notes)
+        return StepSummary(metrics={"ledger": ledger_metrics(table)}, section=section)
 
 
 def check_ledger_settings(run_dir: RunDir, settings: LedgerSettings) -> None:

@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 
 from unlearn_interp import organism
-from unlearn_interp.data import MCQItem
+from unlearn_interp.data import MCQItem, mcq_prompt
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.evaluation.mcq import qa_prompt
 from unlearn_interp.models import Model
@@ -64,12 +64,12 @@ def no_controls() -> dict[str, tuple[Model, Variant]]:
 
 @dataclasses.dataclass
 class LedgerSubject:
-    """What the ledger attacks: ``model`` with the run's ``variants`` (``rmu`` is the unlearned
-    model, ``base`` the model before unlearning), scored on ``tasks`` (``forget_T``,
-    ``forget_V``, ``retain``); the per-layer candidates are read on ``hazardous_prompts``;
-    relearning trains on ``relearn_texts`` (about T only), benign fine-tuning on
-    ``benign_texts``; ``controls()`` gives the extra models fine-tuning is also applied to (the
-    oracle twin), loaded on first use."""
+    """What the ledger attacks: ``model`` with the run's ``variants`` (the unlearned model and
+    ``base``, the model before unlearning), scored on ``tasks`` (``forget_T``, ``forget_V``,
+    ``retain``); the per-layer candidates are read on ``hazardous_prompts``; relearning trains
+    on ``relearn_texts`` (about T only), benign fine-tuning on ``benign_texts`` (none: that
+    attack is skipped); ``controls()`` gives the extra models fine-tuning is also applied to
+    (the oracle twin), loaded on first use; ``notes`` are what the report must say about them."""
 
     model: Model
     variants: RunVariants
@@ -78,6 +78,7 @@ class LedgerSubject:
     relearn_texts: Sequence[str]
     benign_texts: Sequence[str]
     controls: Controls = no_controls
+    notes: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +150,7 @@ def question_subject(
 
     >>> subject = question_subject(run.variants, run.subject, seed=0)           # doctest: +SKIP
     """
+    mode = ledger_mode(subject)
     split = gap_split(subject, seed)
     sets = {
         f"forget_{part}": [
@@ -161,14 +163,54 @@ def question_subject(
         for part in ("T", "V")
     }
     sets["retain"] = retain_questions(subject, items["retain"], seed)
+    benign, notes = benign_text(subject, mode, seed)
     return LedgerSubject(
         model=subject.model,
         variants=variants,
-        tasks={name: Task(items, CONTINUATION, CONTEXT_TEMPLATE) for name, items in sets.items()},
+        tasks={name: scored_task(items, mode) for name, items in sets.items()},
         hazardous_prompts=subject.prompts["forget"],
-        relearn_texts=[answered(item) for halves in split.values() for item in halves["T"]],
-        benign_texts=subject.retain_corpora[0],
+        relearn_texts=[answered(item, mode) for halves in split.values() for item in halves["T"]],
+        benign_texts=benign,
+        notes=notes,
     )
+
+
+def benign_text(subject: Subject, mode: str, seed: int) -> tuple[list[str], tuple[str, ...]]:
+    """What benign fine-tuning trains on, and what the report must say about it: the retain
+    corpus; without one, the retain questions with their answers; an empty one: nothing (the
+    attack is skipped)."""
+    if not subject.retain_corpora:
+        retain = retain_questions(subject, len(subject.tasks), seed, every=True)
+        note = "no retain corpus was given: benign fine-tuning trains on the retain questions "
+        return [answered(i, mode) for i in retain], (note + "with their answers written out",)
+    corpus = [text for texts in subject.retain_corpora for text in texts]
+    if not corpus:
+        return [], ("the retain corpus is empty: benign fine-tuning was skipped",)
+    return corpus, ()
+
+
+def ledger_tasks_of(subject: Subject) -> list[str]:
+    """The run's tasks the ledger scores: its gap tasks and the retain tasks every variant is
+    scored on."""
+    every = subject.tasks_for(f"{subject.unlearned}_ablated")
+    return [*subject.gap_tasks, *(t for t in every if t not in subject.forget_tasks)]
+
+
+def ledger_mode(subject: Subject) -> str:
+    """The one scoring mode of the tasks the ledger scores (its tasks pool questions of several
+    of the run's tasks, so they must share it)."""
+    modes = {subject.tasks[name].mode for name in ledger_tasks_of(subject)}
+    if len(modes) != 1:
+        raise UnlearnInterpError(
+            f"the ledger pools the run's tasks, which must share one scoring mode; they use "
+            f"{sorted(modes)}"
+        )
+    return modes.pop()
+
+
+def scored_task(items: Sequence[MCQItem], mode: str) -> Task:
+    """A ledger task of questions as :func:`as_scored` left them."""
+    return Task(items, mode, CONTEXT_TEMPLATE) if mode == CONTINUATION else Task(items, mode)
 
 
 def gap_split(subject: Subject, seed: int) -> dict[str, dict[str, list[MCQItem]]]:
@@ -180,27 +222,29 @@ def gap_split(subject: Subject, seed: int) -> dict[str, dict[str, list[MCQItem]]
     }
 
 
-def retain_questions(subject: Subject, n: int, seed: int) -> list[MCQItem]:
-    """At most ``n`` questions (a seeded sample) of each retain task every variant is scored on,
-    as scored."""
-    names = [t for t in subject.tasks_for("rmu_ablated") if t not in subject.forget_tasks]
+def retain_questions(subject: Subject, n: int, seed: int, every: bool = False) -> list[MCQItem]:
+    """At most ``n`` questions (a seeded sample; ``every``: all of them) of each retain task
+    every variant is scored on, as scored."""
+    names = [t for t in ledger_tasks_of(subject) if t not in subject.forget_tasks]
     if not names:
         raise UnlearnInterpError("the run has no retain task scored for every variant")
+    scored = {name: as_scored(subject.tasks[name], name) for name in names}
+    if every:
+        return [item for items in scored.values() for item in items]
     return [
         item
-        for name in names
-        for item in sample_items(as_scored(subject.tasks[name], name), n, seed, f"ledger:{name}")
+        for name, items in scored.items()
+        for item in sample_items(items, n, seed, f"ledger:{name}")
     ]
 
 
 def as_scored(task: Task, name: str) -> list[MCQItem]:
-    """The questions of the continuation-mode ``task`` (called ``name``) with each question
-    replaced by its whole context (:data:`CONTEXT_TEMPLATE` then scores them exactly as the run
-    does)."""
+    """The questions of ``task`` (called ``name``) as the ledger scores them: in continuation
+    mode each question replaced by its whole context (:data:`CONTEXT_TEMPLATE` then scores them
+    exactly as the run does, whatever each task's template); in letter mode as they are (each
+    item's prompt is built from its own question, choices and subject)."""
     if task.mode != CONTINUATION:
-        raise UnlearnInterpError(
-            f"the ledger scores continuation-mode tasks only; {name!r} is in {task.mode} mode"
-        )
+        return list(task.items)
     return [
         dataclasses.replace(item, question=qa_prompt(item, task.prompt_template))
         for item in task.items
@@ -235,10 +279,13 @@ def split_by_group(
     }
 
 
-def answered(item: MCQItem) -> str:
-    """An item as relearning text: its question (the whole context) and its correct answer,
-    as the continuation scorer reads them (``context + " " + answer``)."""
-    return f"{item.question} {item.choices[item.answer]}"
+def answered(item: MCQItem, mode: str = CONTINUATION) -> str:
+    """An item (as :func:`as_scored` left it) as relearning text, its correct answer after the
+    prompt as the scorer reads them: ``context + " " + answer`` in continuation mode, the
+    lm-evaluation-harness prompt and `` <letter>`` in letter mode."""
+    if mode == CONTINUATION:
+        return f"{item.question} {item.choices[item.answer]}"
+    return f"{mcq_prompt(item)} {item.letters[item.answer]}"
 
 
 def task_sizes(tasks: Mapping[str, Task]) -> dict[str, int]:

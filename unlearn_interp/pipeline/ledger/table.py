@@ -43,6 +43,8 @@ FIGURE = "ledger"
 FIGURE_FILE = f"{FIGURES}/{FIGURE}.html"
 SECTION = "## Recovery ledger"
 FINETUNE_ATTACKS = ("relearn", "benign_finetune")
+# A control that was not run (benign fine-tuning skipped for want of text): NaN in every column.
+MISSING = pd.Series(dtype=float)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +119,7 @@ def headline_rows(table: pd.DataFrame) -> pd.DataFrame:
     for key, row in forget[forget["role"] == "attack"].iterrows():
         attack, setting, _ = key
         control_at = control_key(attack, setting, oracle)
-        control = forget.loc[control_at]
+        control = forget.loc[control_at] if control_at in forget.index else MISSING
         base = forget.loc[(attack, setting, "base")]
         rows.append(
             {
@@ -126,7 +128,9 @@ def headline_rows(table: pd.DataFrame) -> pd.DataFrame:
                 "step": int(row["step"]),
                 "task": task,
                 **_gap(row, ""),
-                "control": control_label(attack, *control_at),
+                "control": control_label(attack, *control_at)
+                if control is not MISSING
+                else "none (not run)",
                 **_gap(control, "control_"),
                 **_gap(base, "base_"),
                 "retain_accuracy": float(retain.get(key, float("nan"))),
@@ -164,7 +168,8 @@ def control_label(attack: str, control_attack: str, setting: str, model: str) ->
 
 
 def _gap(row: pd.Series, prefix: str) -> dict[str, float]:
-    return {f"{prefix}{name}": float(row[name]) for name in ("gap_recovered", "ci_low", "ci_high")}
+    names = ("gap_recovered", "ci_low", "ci_high")
+    return {f"{prefix}{name}": float(row.get(name, float("nan"))) for name in names}
 
 
 def _cell(rows: pd.DataFrame, prefix: str) -> list[str]:

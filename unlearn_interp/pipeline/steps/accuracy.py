@@ -23,8 +23,8 @@ from unlearn_interp.pipeline.step import Run, StepOutput, StepSummary, figure_fi
 from unlearn_interp.pipeline.subject import TasksOf
 from unlearn_interp.variants import Variant
 
-# gap recovered: name -> the variant measured between base and rmu
-GAPS = (("junk", "rmu_ablated"), ("random", "rmu_random_ablated"))
+# gap recovered: name -> the ablation of the unlearned model measured between it and base
+GAPS = (("junk", "ablated"), ("random", "random_ablated"))
 FIGURE = "accuracy_bars"
 
 
@@ -57,6 +57,27 @@ def accuracy_tables(
     )
 
 
+ITEM_COLUMNS = ["variant", "task", "item", "correct", "predicted", "answer"]
+
+
+def evaluate_per_item(
+    model: Model,
+    variants: Sequence[Variant],
+    tasks: TasksOf,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Correctness of every item of every task under every variant: columns ``variant``,
+    ``task``, ``item``, ``correct`` (0/1), ``predicted``, ``answer``. ``tasks`` is one mapping
+    for all variants or a function of the variant's name (e.g. :meth:`Subject.tasks_for`).
+
+    >>> evaluate_per_item(model, [base, rmu], subject.tasks)                   # doctest: +SKIP
+    """
+    _, per_item = accuracy_tables(model, variants, tasks, batch_size, progress)
+    per_item["correct"] = per_item["correct"].astype(int)
+    return per_item[ITEM_COLUMNS]
+
+
 @dataclasses.dataclass(frozen=True)
 class Accuracy:
     """Accuracy of the run's ``variants`` on every task, per item kept; metrics: accuracy per
@@ -81,11 +102,13 @@ class Accuracy:
 
     def summary(self, run: Run) -> StepSummary:
         table = run.dir.table("accuracy")
-        metrics = accuracy_metrics(table, run.subject.forget_tasks)
+        metrics = accuracy_metrics(table, run.subject.forget_tasks, run.subject.unlearned)
         return StepSummary(metrics=metrics, section=accuracy_section(table, metrics, self.variants))
 
 
-def accuracy_metrics(table: pd.DataFrame, forget_tasks: Sequence[str]) -> dict[str, Any]:
+def accuracy_metrics(
+    table: pd.DataFrame, forget_tasks: Sequence[str], unlearned: str = "rmu"
+) -> dict[str, Any]:
     """``accuracy`` (variant -> task -> accuracy), ``gap_recovered`` (junk and random, the mean
     over forget tasks) and ``gap_recovered_per_task``."""
     accuracy = {
@@ -93,8 +116,10 @@ def accuracy_metrics(table: pd.DataFrame, forget_tasks: Sequence[str]) -> dict[s
         for variant, group in table.groupby("variant", sort=False)
     }
     gaps = {
-        name: {task: _gap(accuracy, variant, task) for task in forget_tasks}
-        for name, variant in GAPS
+        name: {
+            task: _gap(accuracy, unlearned, f"{unlearned}_{suffix}", task) for task in forget_tasks
+        }
+        for name, suffix in GAPS
     }
     return {
         "accuracy": accuracy,
@@ -103,9 +128,11 @@ def accuracy_metrics(table: pd.DataFrame, forget_tasks: Sequence[str]) -> dict[s
     }
 
 
-def _gap(accuracy: Mapping[str, Mapping[str, float]], variant: str, task: str) -> float:
+def _gap(
+    accuracy: Mapping[str, Mapping[str, float]], unlearned: str, variant: str, task: str
+) -> float:
     return evaluation.gap_recovered(
-        accuracy["base"][task], accuracy["rmu"][task], accuracy[variant][task]
+        accuracy["base"][task], accuracy[unlearned][task], accuracy[variant][task]
     )
 
 

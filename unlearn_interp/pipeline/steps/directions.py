@@ -42,12 +42,12 @@ class Directions:
     def compute(self, run: Run) -> StepOutput:
         subject, variants = run.subject, run.variants
         seed = subject.seed if self.seed is None else self.seed
-        plain = variants.variants(["base", "rmu"])
+        plain = variants.variants(["base", subject.unlearned])
         controls = variants.control_vectors()
         candidates = directions.candidate_directions(
             subject.model,
             plain["base"],
-            plain["rmu"],
+            plain[subject.unlearned],
             subject.prompts["forget"],
             control_vectors=controls,
             batch_size=subject.batch_size,
@@ -76,15 +76,15 @@ class Directions:
 
 
 def junk_direction_entry(run: Run) -> dict[str, Any]:
-    """metrics.json's ``junk_direction``: its layer, its largest |cosine| with the RMU control
-    vectors (NaN without them) and the raw norm of the difference of means."""
+    """metrics.json's ``junk_direction``: its layer, the raw norm of the difference of means
+    and, for an unlearned model with RMU control vectors, its largest |cosine| with them."""
     junk = directions.Direction.load(run.dir.path(RunFiles.DIRECTION))
-    cos_u = junk.metadata.get("cos_with_control_vectors") or [float("nan")]
-    return {
-        "layer": junk.layer,
-        "cos_with_control_vector": max(cos_u, key=abs),
-        "raw_norm": junk.raw_norm,
-    }
+    entry: dict[str, Any] = {"layer": junk.layer}
+    cos_u = junk.metadata.get("cos_with_control_vectors")
+    if cos_u:
+        entry["cos_with_control_vector"] = max(cos_u, key=abs)
+    entry["raw_norm"] = junk.raw_norm
+    return entry
 
 
 def control_cosines(

@@ -44,11 +44,13 @@ class LayerProfile:
             control_vectors=variants.control_vectors(),
             batch_size=subject.batch_size,
         )
-        figures = profile_figures(profile, subject.layer, self.note)
+        figures = profile_figures(profile, subject.layer, self.note, subject.unlearned)
         return StepOutput(tables={"layer_profile": profile}, figures=figures)
 
     def summary(self, run: Run) -> StepSummary:
-        entry = profile_summary(run.dir.table("layer_profile"), run.subject.layer)
+        entry = profile_summary(
+            run.dir.table("layer_profile"), run.subject.layer, run.subject.unlearned
+        )
         links = ", ".join(
             f"[{name}]({path})" for name, path in zip(FIGURES, figure_files(FIGURES), strict=True)
         )
@@ -58,40 +60,43 @@ class LayerProfile:
         return StepSummary(metrics={"layer_profile": entry}, section=section)
 
 
-def profile_figures(profile: pd.DataFrame, layer: int, note: str = "") -> dict[str, Any]:
-    """The four plots: cosine to base and residual norm by layer, base and unlearned only, then
-    with every ablated variant of the profile."""
-    before = profile[profile["variant"].isin(["base", "rmu"])]
+def profile_figures(
+    profile: pd.DataFrame, layer: int, note: str = "", unlearned: str = "rmu"
+) -> dict[str, Any]:
+    """The four plots: cosine to base and residual norm by layer, base and the unlearned model
+    (called ``unlearned``) only, then with every ablated variant of the profile."""
+    before = profile[profile["variant"].isin(["base", unlearned])]
+    who = "RMU" if unlearned == "rmu" else "The unlearned model"
     about = f" ({note})" if note else ""
-    after = "After ablation"
+    common = {"rmu_layer": layer, "unlearned": unlearned}
     return {
         "layer_cosines_rmu": plotting.plot_layer_cosines(
-            before,
-            rmu_layer=layer,
-            title=f"RMU splits from base at its layer: cosine to base{about}",
+            before, **common, title=f"{who} splits from base at its layer: cosine to base{about}"
         ),
         "layer_norms_rmu": plotting.plot_layer_norms(
-            before, rmu_layer=layer, title=f"RMU's junk: residual norm by layer{about}"
+            before, **common, title=f"{who}: residual norm by layer{about}"
         ),
         "layer_cosines_ablated": plotting.plot_layer_cosines(
-            profile, rmu_layer=layer, title=f"{after}: cosine to base{about}"
+            profile, **common, title=f"After ablation: cosine to base{about}"
         ),
         "layer_norms_ablated": plotting.plot_layer_norms(
-            profile, rmu_layer=layer, title=f"{after}: residual norm{about}"
+            profile, **common, title=f"After ablation: residual norm{about}"
         ),
     }
 
 
-def profile_summary(profile: pd.DataFrame, layer: int) -> dict[str, float]:
-    """The numbers the blog's plots show: norm ratio at the RMU layer, cosines after ablation."""
+def profile_summary(profile: pd.DataFrame, layer: int, unlearned: str = "rmu") -> dict[str, float]:
+    """The numbers the blog's plots show: the forget prompts' norm ratio to base at ``layer``
+    (the unlearned model's and its junk-ablated twin's), and their lowest cosine to base."""
     forget = profile[profile["prompt_set"] == "forget"].set_index(["variant", "layer"])
     norm = forget["norm"]
     cos = forget["cos_to_reference"]
+    u, ablated = unlearned, f"{unlearned}_ablated"
     return {
-        "norm_ratio_rmu_vs_base_at_layer": float(norm[("rmu", layer)] / norm[("base", layer)]),
+        f"norm_ratio_{u}_vs_base_at_layer": float(norm[(u, layer)] / norm[("base", layer)]),
         "norm_ratio_ablated_vs_base_at_layer": float(
-            norm[("rmu_ablated", layer)] / norm[("base", layer)]
+            norm[(ablated, layer)] / norm[("base", layer)]
         ),
-        "min_cos_rmu_to_base": float(cos.loc["rmu"].min()),
-        "min_cos_ablated_to_base": float(cos.loc["rmu_ablated"].min()),
+        f"min_cos_{u}_to_base": float(cos.loc[u].min()),
+        "min_cos_ablated_to_base": float(cos.loc[ablated].min()),
     }

@@ -44,15 +44,6 @@ PROFILE_VARIANTS = (
     "rmu_random_subspace_ablated",
 )
 GENERATION_VARIANTS = PROFILE_VARIANTS
-# gap recovered: name -> (variant, the base it is measured against)
-GAPS = {
-    "junk": ("rmu_ablated", "base"),
-    "random": ("rmu_random_ablated", "base"),
-    "subspace": ("rmu_subspace_ablated", "base"),
-    "random_subspace": ("rmu_random_subspace_ablated", "base"),
-    "junk_vs_ablated_base": ("rmu_ablated", "base_ablated"),
-    "subspace_vs_ablated_base": ("rmu_subspace_ablated", "base_subspace_ablated"),
-}
 
 
 @dataclasses.dataclass(frozen=True)

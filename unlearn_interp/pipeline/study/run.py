@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -40,14 +40,12 @@ from unlearn_interp.pipeline.ledger.step import (
     check_ledger_settings,
     question_ledger_subject,
 )
-from unlearn_interp.pipeline.ledger.table import ledger_lines
 from unlearn_interp.pipeline.report import bullet_lines
 from unlearn_interp.pipeline.rundir import RunDir, with_dtype
 from unlearn_interp.pipeline.step import Report, Run, Step, run_pipeline
 from unlearn_interp.pipeline.steps.generations import Generations
 from unlearn_interp.pipeline.steps.profile import LayerProfile
 from unlearn_interp.pipeline.study.config import (
-    FULL_VARIANTS,
     GENERATION_VARIANTS,
     PROFILE_VARIANTS,
     SMOLLM2,
@@ -192,29 +190,3 @@ def _checked_seeds(seeds: Sequence[int]) -> list[int]:
     if any(not is_int(s) or s < 0 for s in values):
         raise UnlearnInterpError(f"seeds must be non-negative integers, got {values}")
     return values
-
-
-def _cell(value: float | None, width: int) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
-
-
-def summary_text(metrics: Mapping[str, Any], out: str | os.PathLike) -> str:
-    """The short table the command line prints at the end: accuracy per variant and task (mean
-    over seeds), gap recovered with 95% intervals, the ledger's headline lines."""
-    accuracy = metrics["accuracy"]
-    tasks = [*metrics["forget_tasks"], *metrics["retain_tasks"]]
-    width = max(len(t) for t in tasks) + 2
-    lines = [f"{'variant':<30}" + "".join(f"{t:>{width}}" for t in tasks)]
-    for variant in ("base", *FULL_VARIANTS):
-        if variant in accuracy:
-            cells = "".join(_cell(accuracy[variant].get(t), width) for t in tasks)
-            lines.append(f"{variant:<30}" + cells)
-    lines.append(
-        f"gap recovered (mean of {', '.join(metrics['gap_tasks'])}; 95% interval, items and seeds):"
-    )
-    for name, value in metrics["gap_recovered"].items():
-        ci = metrics["gap_recovered_ci"][name]
-        lines.append(f"  {name:<26} {value:6.2f}  [{ci['ci_low']:.2f}, {ci['ci_high']:.2f}]")
-    lines += ledger_lines(metrics.get("ledger"))
-    lines.append(f"total {metrics['seconds']['total']:.0f} s; report: {out}/report.md")
-    return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -25,32 +25,11 @@ from unlearn_interp.models import Model
 from unlearn_interp.pipeline.report import bullet_lines
 from unlearn_interp.pipeline.rundir import RunDir
 from unlearn_interp.pipeline.step import Run, StepOutput, StepSummary, figure_files, run_steps
-from unlearn_interp.pipeline.steps.accuracy import accuracy_tables
+from unlearn_interp.pipeline.steps.accuracy import evaluate_per_item
 from unlearn_interp.pipeline.steps.directions import Directions
 from unlearn_interp.pipeline.steps.unlearn import TRAINING_FIGURE, Unlearn
 from unlearn_interp.pipeline.study.config import Arm, Study, with_changes
-from unlearn_interp.pipeline.subject import TasksOf
 from unlearn_interp.variants import Variant
-
-ITEM_COLUMNS = ["variant", "task", "item", "correct", "predicted", "answer"]
-
-
-def evaluate_per_item(
-    model: Model,
-    variants: Sequence[Variant],
-    tasks: TasksOf,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Correctness of every item of every task under every variant: columns ``variant``,
-    ``task``, ``item``, ``correct`` (0/1), ``predicted``, ``answer``. ``tasks`` is one mapping
-    for all variants or a function of the variant's name (e.g. :meth:`Subject.tasks_for`).
-
-    >>> evaluate_per_item(model, [base, rmu], subject.tasks)                   # doctest: +SKIP
-    """
-    _, per_item = accuracy_tables(model, variants, tasks, batch_size, progress)
-    per_item["correct"] = per_item["correct"].astype(int)
-    return per_item[ITEM_COLUMNS]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +238,6 @@ __all__ = [
     "SeedTask",
     "Seeds",
     "direction_summary",
-    "evaluate_per_item",
     "run_seed",
     "run_seeds",
     "seed_steps",
