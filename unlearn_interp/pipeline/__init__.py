@@ -8,8 +8,8 @@ the steps' summaries.
 * :mod:`.steps`: the steps every pipeline shares (unlearn, directions, accuracy, layer profile,
   generations); :mod:`.depth` (the depth profile) and :mod:`.ledger` (the recovery ledger);
 * the pipelines: :mod:`.organism_demo` (``unlearn-interp demo``), :mod:`.study` (the real-model
-  study, ``demo --model smollm2-135m``), :mod:`.checkpoint` (``run``); :mod:`.gallery` (the
-  committed figures) and :mod:`.jobs` (what each command does).
+  study, ``demo --model smollm2-135m``), :mod:`.audit` (``audit``, any unlearned model against
+  its base); :mod:`.gallery` (the committed figures) and :mod:`.jobs` (what each command does).
 
     >>> from unlearn_interp.pipeline import run_demo
     >>> metrics = run_demo("runs/demo", size="test")                        # doctest: +SKIP

@@ -1,7 +1,7 @@
-"""Where a run's unlearned model comes from: RMU trained here on the subject's corpora
-(:class:`Unlearn`), or the tensors in which a second checkpoint differs from the base
-(:class:`CheckpointDifference`). Either writes ``unlearned_weights.safetensors``, which every
-later step reads through the run's variants.
+"""RMU trained on the subject's corpora as a run's first step (:class:`Unlearn`): it writes
+``unlearned_weights.safetensors`` (and the base weights, control vectors and training history),
+which every later step reads through the run's variants. (An audit's unlearned model comes from
+a second checkpoint instead: :mod:`unlearn_interp.pipeline.audit.pair`.)
 
     >>> steps = [Unlearn(rmu.RMUConfig(layer=7)), Directions(...)]           # doctest: +SKIP
 """
@@ -9,14 +9,11 @@ later step reads through the run's variants.
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 
 import pandas as pd
 
-from unlearn_interp import models, plotting, rmu
+from unlearn_interp import plotting, rmu
 from unlearn_interp.artifacts import RunFiles
-from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.pipeline.step import Run, StepOutput, StepSummary, figure_files
 from unlearn_interp.variants import restore_weights
 
@@ -72,33 +69,3 @@ def rmu_section(cfg: rmu.RMUConfig, history: pd.DataFrame) -> str:
             f"{last.cos_retain_frozen:.4f}; curves: [{TRAINING_FIGURE}]({figure_files([TRAINING_FIGURE])[0]}).",
         ]
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointDifference:
-    """The unlearned model is checkpoint ``path``: the tensors in which it differs from the base
-    model are saved as the run's unlearned weights (nothing is trained)."""
-
-    path: str | os.PathLike
-    name: str = "unlearn"
-
-    def files(self, run: Run) -> list[str]:
-        return [RunFiles.UNLEARNED_WEIGHTS]
-
-    def compute(self, run: Run) -> StepOutput:
-        variant = models.variant_from_checkpoint(run.subject.model, self.path, name="rmu")
-        if not variant.weights:
-            raise UnlearnInterpError(f"{self.path} has the same weights as the base model")
-
-        def write(tmp: Path) -> None:
-            models.save_weights(variant.weights, tmp)
-
-        return StepOutput(files={RunFiles.UNLEARNED_WEIGHTS: write})
-
-    def summary(self, run: Run) -> StepSummary:
-        changed = models.load_weights(run.dir.path(RunFiles.UNLEARNED_WEIGHTS))
-        return StepSummary(
-            section=f"## Unlearning\n\nThe unlearned model is {self.path}: it differs from the "
-            f"base model in {len(changed)} tensors ({', '.join(sorted(changed)[:8])}"
-            f"{', ...' if len(changed) > 8 else ''})."
-        )
