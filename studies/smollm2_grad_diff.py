@@ -1,10 +1,13 @@
 """A SmolLM2-135M pair unlearned by a method that is not RMU, for the audit: gradient difference
 over the MLP matrices of ten blocks, on the real-model study's forget and retain corpora.
 
-The settings were set before any audit ran: every MLP matrix of blocks 0-9, lr 2e-5, 60 steps of
-4 texts cut to 64 tokens (the study's RMU shape), the forget loss capped at ln(vocab); forget and
-retain accuracy are printed, so the trade-off is visible. Writes a run directory the audit
-reads (``unlearned_weights.safetensors``, ``config.json``, the training history).
+The settings were set before any audit ran, by the unlearning objective alone: every MLP matrix
+of blocks 0-9, 4 texts cut to 64 tokens a step (the study's RMU shape), the forget loss capped at
+ln(vocab). lr 2e-5 for 60 steps moved nothing (element symbols 1.00 -> 1.00, capitals 0.86 ->
+0.86); lr 1e-4 for 80 steps, kept, gives element symbols 1.00 -> 0.29 and SciQ chemistry 0.59 ->
+0.48 at a retain cost (capitals 0.86 -> 0.77, other SciQ 0.47 -> 0.43), measured on one CPU
+thread. Forget and retain accuracy are printed, so the trade-off is visible. Writes a run
+directory the audit reads (``unlearned_weights.safetensors``, ``config.json``, the history).
 
     python studies/smollm2_audit_files.py --out DIR
     python studies/smollm2_grad_diff.py --data DIR --out runs/smollm2_grad_diff
@@ -21,7 +24,7 @@ from unlearn_interp import data, evaluation, models
 from unlearn_interp.grad_diff import GradDiffConfig, train_grad_diff
 from unlearn_interp.variants import Variant, restore_weights
 
-SETTINGS = GradDiffConfig(steps=60, lr=2e-5, batch_size=4, max_len=64, layers=tuple(range(10)))
+SETTINGS = GradDiffConfig(steps=80, lr=1e-4, batch_size=4, max_len=64, layers=tuple(range(10)))
 FORGET = ("sciq_chem", "cloze_elements")
 RETAIN = ("sciq_other", "cloze_capitals")
 
