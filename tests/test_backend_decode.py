@@ -1,6 +1,7 @@
 """backend_decode: the toolkit's decode path (rotated keys kept, grouped attention, per-step
-tables) gives what TransformerLens' own forward gives: the same tokens, per-step logits within
-1e-5, every attention hook's activations, and the same effect of a hook that edits rotated keys.
+tables) gives what TransformerLens' own forward gives: the same tokens, per-step logits and every
+attention hook's activations within float32 rounding (2e-6 of the tensor's largest magnitude:
+the decode path multiplies per head, TransformerLens one matrix for all heads), and the same effect of a hook that edits rotated keys.
 
 The reference decodes through TransformerLens' own cache and attention forward
 (``activations.new_kv_cache`` without ``max_len``), the decode path through
@@ -25,7 +26,14 @@ from transformer_lens.components import AbstractAttention
 from unlearn_interp import activations, backend_components, backend_decode, data, models
 from unlearn_interp.variants import hooks_installed
 
-TOLERANCE = 1e-5
+RELATIVE = 2e-6  # largest difference over the reference's largest magnitude
+
+
+def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """The largest elementwise difference relative to the reference's largest magnitude."""
+    return ((ours - theirs).abs().max() / theirs.abs().max().clamp_min(1e-30)).item()
+
+
 N_STEPS = 6
 ATTENTION_HOOKS = ["hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_attn_scores",
                    "hook_pattern", "hook_z"]  # fmt: skip
@@ -87,7 +95,7 @@ def test_tokens_and_logits_equal_transformer_lens(model, batch_size):
     reference_tokens, reference_logits = decode(model, batch, own_path=False)
     assert torch.equal(tokens, reference_tokens)
     for ours, theirs in zip(logits, reference_logits, strict=True):
-        assert (ours - theirs).abs().max().item() <= TOLERANCE
+        assert relative_difference(ours, theirs) <= RELATIVE
 
 
 def recorder(seen: list):
@@ -121,7 +129,7 @@ def test_every_attention_hook_sees_the_same(model, batch_size):
         assert ours.shape == theirs.shape, name
         finite = theirs.isfinite()
         assert torch.equal(ours.isfinite(), finite), name
-        assert (ours[finite] - theirs[finite]).abs().max().item() <= TOLERANCE, name
+        assert relative_difference(ours[finite], theirs[finite]) <= RELATIVE, name
 
 
 def shrink_old_keys(keys, hook):
@@ -141,7 +149,7 @@ def test_a_hook_editing_rotated_keys_acts_the_same(model):
     _, unhooked = decode(model, batch, own_path=True)
     assert torch.equal(tokens, reference_tokens)
     for ours, theirs in zip(logits, reference_logits, strict=True):
-        assert (ours - theirs).abs().max().item() <= TOLERANCE
+        assert relative_difference(ours, theirs) <= RELATIVE
     assert max((a - b).abs().max().item() for a, b in zip(logits, unhooked, strict=True)) > 0.1
 
 
@@ -180,7 +188,7 @@ def test_cache_rows_continue_like_transformer_lens(model):
     b = activations.decode_step(
         model, step, torch.ones_like(step), activations.kv_cache_rows(plain, rows)
     )
-    assert (a - b).abs().max().item() <= TOLERANCE
+    assert relative_difference(a, b) <= RELATIVE
 
 
 def test_overflowing_the_buffer_concatenates(model):
@@ -192,7 +200,7 @@ def test_overflowing_the_buffer_concatenates(model):
         first = activations.decode_step(model, step, mask, cache)
         reference = activations.decode_step(model, step, mask, activations.new_kv_cache(model, 8))
     assert cache.entries[0].past_keys.shape[1] == batch.tokens.shape[1]
-    assert (first - reference).abs().max().item() <= TOLERANCE
+    assert relative_difference(first, reference) <= RELATIVE
 
 
 def test_an_unsupported_feature_decodes_through_transformer_lens(model):

@@ -12,9 +12,12 @@ components gets a :class:`BufferedEntry` whose ``tables`` are set, which
   0, attention_mask)`` over all positions), recomputing the position ids from the whole mask;
 * repeats the cached keys and values of grouped-query attention to one per query head
   (``repeat_interleave``) before both matmuls;
-* rebuilds the causal mask (two ``arange`` and a comparison) in every layer.
+* rebuilds the causal mask (two ``arange`` and a comparison) in every layer;
+* rearranges ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` into contiguous matrices (a copy of every
+  attention weight) before multiplying.
 
-On SmolLM2-135M the last three were ~15% of a batch-1 decoding step.
+On SmolLM2-135M the middle three were ~15% of a batch-1 decoding step; the weight copies were
+another ~30% (91 ms a step with them, 63 ms without, one thread).
 
 **The entry.** A :class:`BufferedEntry` holds one layer's keys and values in buffers of the
 final length, and a step writes only its new positions (``past_keys``/``past_values`` are views
@@ -24,7 +27,8 @@ every layer of one cache) are set exactly when the entry belongs to the toolkit'
 keys are then stored *after* rotation (before ``hook_rot_k``); with ``tables`` None it is a
 plain buffered entry that TransformerLens' own forward reads and extends (unrotated keys).
 
-**The forward.** :func:`decode_attention` rotates only the new keys, with cosines, sines and the
+**The forward.** :func:`decode_attention` multiplies each head by its weights as stored
+(one batched matmul over heads), rotates only the new keys, with cosines, sines and the
 mask built once per step for all layers (:class:`StepTables`), and multiplies grouped queries
 by the unrepeated keys and values (queries reshaped to ``[batch, kv_head, group x pos,
 d_head]``).
@@ -40,8 +44,9 @@ d_head]`` tensors they always get (scores equal up to float rounding of the grou
 
 **What it covers.** :func:`supports` lists the attention features the decode path implements
 and refuses a model with any other (ALiBi, relative bias, local windows, dynamic NTK, log-n
-scaling, sinks, QKV clipping, OLMo's q/k norm, 4-bit weights, ``use_attn_result``), which then
-decodes through TransformerLens' own forward on unrotated buffered entries. The TransformerLens
+scaling, sinks, QKV clipping, q/k norm, 4-bit weights, split or per-head attention inputs,
+``use_attn_result``), which then decodes through TransformerLens' own forward on unrotated
+buffered entries. The TransformerLens
 version pin is ``backend_components``' (its components are the only callers).
 ``tests/test_backend_decode.py`` checks tokens, per-step logits and every attention hook's
 activations against TransformerLens' own forward.
@@ -54,7 +59,6 @@ activations against TransformerLens' own forward.
 
 from __future__ import annotations
 
-import einops
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
@@ -88,6 +92,9 @@ def _supported(attn: AbstractAttention) -> bool:
         and cfg.original_architecture not in _UNSUPPORTED_ARCHITECTURES
         and not cfg.load_in_4bit
         and not cfg.use_attn_result
+        and not cfg.use_split_qkv_input
+        and not cfg.use_attn_in
+        and not cfg.use_qk_norm
         and not cfg.ungroup_grouped_query_attention
         and cfg.n_devices == 1  # one step's shared tables live on one device
     )
@@ -183,7 +190,7 @@ def decode_attention(
 ) -> Float[Tensor, "batch pos d_model"]:
     """``attn``'s forward on new positions after those ``entry`` holds (extending it), every
     hook point firing as in TransformerLens' forward."""
-    q, k, v = attn.calculate_qkv_matrices(query_input, key_input, value_input)
+    q, k, v = _projected_qkv(attn, query_input, key_input, value_input)
     offset, n_new = entry.length, q.shape[1]
     tables = entry.tables.start(attention_mask, offset, n_new)
     if attn.cfg.positional_embedding_type == "rotary":
@@ -289,15 +296,51 @@ def _grouped_z(
     return attn.hook_z(z.view(batch, heads, pos, -1).permute(0, 2, 1, 3))
 
 
+def _projected_qkv(
+    attn: AbstractAttention,
+    query_input: Float[Tensor, "batch pos d_model"],
+    key_input: Float[Tensor, "batch pos d_model"],
+    value_input: Float[Tensor, "batch pos d_model"],
+) -> tuple[
+    Float[Tensor, "batch pos head d_head"],
+    Float[Tensor, "batch pos kv_head d_head"],
+    Float[Tensor, "batch pos kv_head d_head"],
+]:
+    """``calculate_qkv_matrices`` without its weight copies: TransformerLens rearranges each
+    ``[head, d_model, d_head]`` weight into a contiguous ``[(head d_head), d_model]`` matrix at
+    every call (a copy of all attention weights per decoding step); here each head multiplies
+    the weights as stored. ``hook_q``/``hook_k``/``hook_v`` fire as there (grouped-query keys
+    and values through the unrepeated ``_W_K``/``_W_V``, as TransformerLens' grouped forward)."""
+    grouped = hasattr(attn, "_W_K")
+    w_k, b_k = (attn._W_K, attn._b_K) if grouped else (attn.W_K, attn.b_K)
+    w_v, b_v = (attn._W_V, attn._b_V) if grouped else (attn.W_V, attn.b_V)
+    q = attn.hook_q(_per_head(query_input, attn.W_Q, attn.b_Q))
+    k = attn.hook_k(_per_head(key_input, w_k, b_k))
+    v = attn.hook_v(_per_head(value_input, w_v, b_v))
+    return q, k, v
+
+
+def _per_head(
+    x: Float[Tensor, "batch pos d_model"],
+    w: Float[Tensor, "head d_model d_head"],
+    b: Float[Tensor, "head d_head"],
+) -> Float[Tensor, "batch pos head d_head"]:
+    """Every head's projection of ``x`` as one batched matmul over heads (no weight copy)."""
+    batch, pos, d_model = x.shape
+    x = x.to(w.device).reshape(1, batch * pos, d_model).expand(w.shape[0], -1, -1)
+    out = torch.baddbmm(b.to(w.device)[:, None, :], x, w)  # [head, batch x pos, d_head]
+    return out.permute(1, 0, 2).reshape(batch, pos, w.shape[0], w.shape[2])
+
+
 def _output(
     attn: AbstractAttention, z: Float[Tensor, "batch pos head d_head"]
 ) -> Float[Tensor, "batch pos d_model"]:
-    """The output projection, as TransformerLens computes it without ``use_attn_result``."""
-    w = einops.rearrange(attn.W_O, "head_index d_head d_model -> d_model (head_index d_head)")
-    z = z.reshape(z.shape[0], z.shape[1], -1).to(w.dtype)
-    if z.device.type == "mps":
-        return torch.matmul(z, w.contiguous().T) + attn.b_O
-    return F.linear(z, w.contiguous(), attn.b_O)
+    """The output projection, as TransformerLens computes it without ``use_attn_result``, on
+    ``W_O`` as stored (``[head, d_head, d_model]`` is already ``[(head d_head), d_model]``)."""
+    batch, pos = z.shape[:2]
+    w = attn.W_O.reshape(-1, attn.W_O.shape[-1])
+    z = z.reshape(batch * pos, -1).to(w.dtype)
+    return torch.addmm(attn.b_O, z, w).view(batch, pos, -1)
 
 
 __all__ = ["BufferedEntry", "StepTables", "decode_attention", "supports"]
