@@ -1,5 +1,6 @@
 """backend_components: the models the toolkit builds get its own TransformerLens components, whose
-forward copies no MLP or unembedding weight, and nothing a user sees changes: parameters keep
+forward copies no MLP or unembedding weight and whose embedding gradients are the same bits
+from one run to the next, and nothing a user sees changes: parameters keep
 TransformerLens' layout, names and initialisation, and logits, gradients, every hook's
 activation, variants applied in place and training steps equal TransformerLens' own components
 (the same model after ``use_transformer_lens_components``) and HuggingFace's on the same
@@ -26,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformer_lens import HookedTransformer
 from transformer_lens.components import AbstractAttention, GatedMLP, Unembed
 
-from unlearn_interp import backend_components, loader, models
+from unlearn_interp import activations, backend_components, data, loader, models
 from unlearn_interp.variants import Variant
 
 FAMILIES = ["llama", "gpt2", "mistral"]
@@ -232,6 +233,35 @@ def test_a_training_step_updates_both_alike(pair, tokens):
         trained.append({n: models.get_param(m, n).detach() for n in names})
     ours, theirs = trained
     assert max(max_diff(ours[n], theirs[n]) for n in names) <= 1e-6
+
+
+def padded_batch_grads(model, batch) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient of the loss on a left-padded batch with repeated tokens."""
+    model.zero_grad()
+    logits = activations.logits(model, batch)
+    logits.log_softmax(-1)[..., 0].sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_embedding_gradients_do_not_depend_on_thread_timing(pair):
+    # 32 rows of 48 tokens drawn from 10 ids, left-padded: TransformerLens' indexing backward
+    # accumulated the repeated rows from both threads in arrival order (different bits from
+    # one run to the next on 2 cores); ours sums them in a fixed order.
+    model, reference = pair
+    gen = torch.Generator().manual_seed(2)
+    ids = [torch.randint(1, 11, (int(n),), generator=gen).tolist() for n in range(17, 49)]
+    batch = data.left_pad(ids, 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [padded_batch_grads(model, batch) for _ in range(5)]
+        expected = padded_batch_grads(reference, batch)
+    finally:
+        torch.set_num_threads(threads)
+    for name in runs[0]:
+        assert all(torch.equal(runs[0][name], r[name]) for r in runs[1:]), name
+        scale = expected[name].abs().max().item()
+        assert max_diff(runs[0][name], expected[name]) <= 1e-6 * scale, name  # summing order
 
 
 def test_copying_pickling_and_casting_keep_the_components(pair, tokens):

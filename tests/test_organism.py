@@ -207,9 +207,21 @@ def tiny_config(**overrides):
     return organism.OrganismConfig(**{**base, **overrides})
 
 
-def test_pretraining_is_deterministic(tmp_path):
-    a = organism.load_organism(config=tiny_config(), cache_dir=tmp_path / "a", progress=False)
-    b = organism.load_organism(config=tiny_config(), cache_dir=tmp_path / "b", progress=False)
+def test_pretraining_gives_the_same_bits_whatever_the_callers_thread_count(tmp_path):
+    # pretraining runs at PRETRAINING_THREADS threads, and at a fixed count the toolkit's
+    # embeddings make it repeat bit for bit (TransformerLens' indexing backward did not at 2)
+    previous, organisms = torch.get_num_threads(), []
+    try:
+        for threads, cache in ((1, "a"), (2, "b")):
+            torch.set_num_threads(threads)
+            cfg = tiny_config()
+            organisms.append(
+                organism.load_organism(config=cfg, cache_dir=tmp_path / cache, progress=False)
+            )
+            assert torch.get_num_threads() == threads  # the caller's setting is put back
+    finally:
+        torch.set_num_threads(previous)
+    a, b = organisms
     assert a.training["steps"] == 4
     for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
         assert torch.equal(pa, pb), name

@@ -720,10 +720,18 @@ def test_cli_unlearn_twice_writes_identical_files(files, tmp_path, monkeypatch, 
 
 
 @pytest.mark.slow
-def test_demo_twice_gives_identical_metrics_and_tensors(organism_test, tmp_path):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_demo_twice_gives_identical_metrics_and_tensors(organism_test, tmp_path, threads):
+    # At 2 threads TransformerLens' embedding backward (indexing) made the depth step's
+    # relearned model differ in the last bits from run to run; the toolkit's embeddings do not.
     cache = organism_test.cache_path.parent
-    for out in ("a", "b"):
-        pipeline.run_demo(tmp_path / out, size="test", cache_dir=cache, progress=False)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for out in ("a", "b"):
+            pipeline.run_demo(tmp_path / out, size="test", cache_dir=cache, progress=False)
+    finally:
+        torch.set_num_threads(previous)
     metrics = [json.loads((tmp_path / o / "metrics.json").read_text()) for o in ("a", "b")]
     for m in metrics:
         m.pop("seconds")

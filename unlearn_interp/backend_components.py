@@ -1,7 +1,8 @@
-"""The toolkit's own TransformerLens components: subclasses of TransformerLens 3.9's gated MLP,
-unembedding and attention that run the same forward without its per-call weight copies, and
-whose attention runs the cached decode path of :mod:`backend_decode`. Put only on the models
-the toolkit builds (``models.random_model`` and every path of ``models.load_model``) by
+"""The toolkit's own TransformerLens components: subclasses of TransformerLens 3.9's embeddings,
+gated MLP, unembedding and attention that run the same forward without its per-call weight
+copies, whose gradients do not depend on thread timing, and whose attention runs the cached
+decode path of :mod:`backend_decode`. Put only on the models the toolkit builds
+(``models.random_model`` and every path of ``models.load_model``) by
 :func:`use_toolkit_components`; TransformerLens itself is never changed, so a model built any
 other way in the same process is TransformerLens' own.
 
@@ -14,6 +15,13 @@ call for SmolLM2's 49,152 x 576 unembedding).
 
 **What differs.**
 
+* :class:`OrderedGradEmbed` and :class:`OrderedGradPosEmbed` (learned positions of a padded
+  batch): rows gathered with ``F.embedding`` instead of indexing. The same rows forward;
+  backward, indexing's ``index_put_`` accumulates a repeated token's (or position's) gradient
+  rows from several threads in arrival order, so on a 2-core CPU two runs of one fine-tuning
+  step gave embedding gradients differing in the last bits and, 50 steps on, different
+  models. ``F.embedding``'s backward sums them in a fixed order: the same step twice is the
+  same bits (gradients equal TransformerLens' up to the order of that sum).
 * :class:`NoCopyGatedMLP`: TransformerLens' ``GatedMLP.forward`` with ``F.linear(x,
   self.W_gate.T)`` (a view) for ``F.linear(x, self.W_gate.T.contiguous())``, likewise ``W_in``
   and ``F.linear(post_act, self.W_out.T, self.b_out)``: the same hooks in the same order, no
@@ -31,10 +39,10 @@ call for SmolLM2's 49,152 x 576 unembedding).
   has exactly ``AbstractAttention.forward``'s signature and runs
   :func:`backend_decode.decode_attention` when its cache entry is a
   :class:`backend_decode.BufferedEntry` with ``tables`` (keys stored rotated), else
-  TransformerLens' forward unchanged. Attention's own copies of ``W_Q``/``W_K``/``W_V``/``W_O``
-  (``rearrange`` to ``[(head d_head), d_model]``) stay: merging the head axis with ``d_head``
-  needs that copy, and any product that avoids it (per-head ``einsum``) adds in another order,
-  so it cannot be avoided bit for bit.
+  TransformerLens' forward unchanged. In that forward (prompts, training) attention's own copies
+  of ``W_Q``/``W_K``/``W_V``/``W_O`` (``rearrange`` to ``[(head d_head), d_model]``) stay, so
+  its results are TransformerLens' bit for bit; the decode path multiplies per head without
+  them (within float rounding, see :mod:`backend_decode`).
 
 **What stays.** :func:`use_toolkit_components` only reassigns ``__class__`` of the modules whose
 type is exactly one of those TransformerLens classes: no parameter, buffer or hook point is
@@ -66,6 +74,7 @@ import importlib.metadata
 import logging
 from collections.abc import Mapping
 
+import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -73,17 +82,20 @@ from transformer_lens import HookedTransformer, TransformerLensKeyValueCacheEntr
 from transformer_lens.components import (
     AbstractAttention,
     Attention,
+    Embed,
     GatedMLP,
     GroupedQueryAttention,
+    PosEmbed,
     Unembed,
 )
+from transformer_lens.utilities.tensors import get_offset_position_ids
 
 from unlearn_interp import backend_decode
 
 log = logging.getLogger(__name__)
 
-# TransformerLens releases whose GatedMLP, Unembed and AbstractAttention forwards were read and
-# tested against these subclasses.
+# TransformerLens releases whose Embed, PosEmbed, GatedMLP, Unembed and AbstractAttention
+# forwards were read and tested against these subclasses.
 TESTED_VERSIONS = ("3.9.",)
 
 
@@ -137,6 +149,36 @@ class NoCopyUnembed(Unembed):
     ) -> Float[Tensor, "batch pos d_vocab_out"]:
         residual = self.hook_in(residual)
         return self.hook_out(F.linear(residual, self.W_U.T, self.b_U))
+
+
+class OrderedGradEmbed(Embed):
+    """TransformerLens' token embedding gathering rows with ``F.embedding`` instead of indexing
+    (``W_E[tokens, :]``): the same rows forward; backward, the gradient rows of a repeated token
+    are summed in a fixed order (indexing's backward adds them from several threads in whatever
+    order they arrive, so on a multi-core CPU two runs of one step differ in the last bits)."""
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        embedded = F.embedding(tokens, self.W_E)
+        return self.ln(embedded) if self.cfg.post_embedding_ln else embedded
+
+
+class OrderedGradPosEmbed(PosEmbed):
+    """TransformerLens' learned positional embedding gathering padded batches' rows with
+    ``F.embedding`` (see :class:`OrderedGradEmbed`); the same rows, padding zeroed as there."""
+
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        past_kv_pos_offset: int = 0,
+        attention_mask: Int[Tensor, "batch offset_pos"] | None = None,
+    ) -> Float[Tensor, "batch new_pos d_model"]:
+        if attention_mask is None:
+            return super().forward(tokens, past_kv_pos_offset, attention_mask)
+        positions = get_offset_position_ids(past_kv_pos_offset, attention_mask)
+        pos_embed = F.embedding(positions, self.W_pos)  # [batch, pos, d_model]
+        length = tokens.size(-1)
+        padding = ~attention_mask.bool()[:, past_kv_pos_offset : length + past_kv_pos_offset]
+        return torch.where(padding.unsqueeze(-1), 0, pos_embed).clone()
 
 
 def _rotated_cache_forward(
@@ -193,6 +235,8 @@ class RotatedCacheGroupedQueryAttention(GroupedQueryAttention):
 # TransformerLens' class -> the toolkit's subclass (exact types only: a further subclass of a
 # TransformerLens class has its own forward and is left alone).
 _TOOLKIT_CLASS: dict[type[nn.Module], type[nn.Module]] = {
+    Embed: OrderedGradEmbed,
+    PosEmbed: OrderedGradPosEmbed,
     GatedMLP: NoCopyGatedMLP,
     Unembed: NoCopyUnembed,
     Attention: RotatedCacheAttention,
@@ -208,7 +252,7 @@ _ATTENTION_CLASSES = (RotatedCacheAttention, RotatedCacheGroupedQueryAttention)
 
 
 def use_toolkit_components(model: HookedTransformer) -> HookedTransformer:
-    """Give ``model``'s gated MLPs, unembedding and attention layers the toolkit's classes, in
+    """Give ``model``'s embeddings, gated MLPs, unembedding and attention layers the toolkit's classes, in
     place (``__class__`` only: weights, names and hooks untouched); idempotent. On an untested
     TransformerLens version nothing changes (logged once).
 
@@ -239,7 +283,7 @@ def _swap_classes(model: HookedTransformer, classes: Mapping[type, type]) -> Hoo
 
 
 def uses_toolkit_components(model: HookedTransformer) -> bool:
-    """Whether every gated MLP, unembedding and attention layer of ``model`` that
+    """Whether every embedding, gated MLP, unembedding and attention layer of ``model`` that
     :func:`use_toolkit_components` would change has the toolkit's class (and there is one)."""
     kinds = [type(m) for m in model.modules()]
     ours = [k for k in kinds if k in _TRANSFORMER_LENS_CLASS]

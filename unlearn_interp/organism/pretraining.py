@@ -13,6 +13,7 @@ seeded permutations, and the order of every random draw and floating-point opera
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -34,6 +35,10 @@ from unlearn_interp.models import Model
 from unlearn_interp.organism.world import World, entity_documents, neutral_documents, qa_text
 
 log = logging.getLogger(__name__)
+
+# Torch threads pretraining runs on, whatever the caller's setting: the cores of the machines
+# the toolkit is developed and tested on (a machine with fewer is oversubscribed, not wrong).
+PRETRAINING_THREADS = 2
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -243,6 +248,17 @@ class PretrainResult:
         return dataclasses.asdict(self)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch's intra-op thread count set to ``n`` inside the block, put back on exit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def pretrain(
     model: Model,
     texts: Sequence[str],
@@ -258,8 +274,10 @@ def pretrain(
     the same schedule instead (no early stop, no target check: the oracle twin's recipe).
 
     AdamW with the :func:`learning_rate` schedule; batches drawn from seeded permutations of
-    ``texts`` (one per epoch), so a run is deterministic on CPU for a given number of torch
-    threads (the reduction order, and so the last bits, depend on it).
+    ``texts`` (one per epoch). Torch runs on :data:`PRETRAINING_THREADS` threads whatever the
+    caller's setting (restored afterwards): the reduction order, and so the last bits, depend
+    on the thread count, and a run at one thread count gives the same bits every time, so the
+    organism is the same on any machine with the same CPU instruction set.
 
     >>> mcq = {"hazardous": org.hazardous_mcq, "benign": org.benign_mcq}   # doctest: +SKIP
     >>> pretrain(model, texts, mcq, OrganismConfig.for_size("test")).steps  # doctest: +SKIP
@@ -275,7 +293,7 @@ def pretrain(
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
     bar = tqdm(total=last, desc="pretraining organism", disable=None if progress else True)
-    with bar:
+    with bar, torch_threads(PRETRAINING_THREADS):
         for step in range(1, last + 1):
             loss = _train_step(model, optimizer, *next(batches), lr=learning_rate(step, cfg))
             bar.update()
