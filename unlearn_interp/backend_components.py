@@ -252,9 +252,9 @@ _ATTENTION_CLASSES = (RotatedCacheAttention, RotatedCacheGroupedQueryAttention)
 
 
 def use_toolkit_components(model: HookedTransformer) -> HookedTransformer:
-    """Give ``model``'s embeddings, gated MLPs, unembedding and attention layers the toolkit's classes, in
-    place (``__class__`` only: weights, names and hooks untouched); idempotent. On an untested
-    TransformerLens version nothing changes (logged once).
+    """Give ``model``'s embeddings, gated MLPs, unembedding and attention layers the toolkit's
+    classes, in place (``__class__`` only: weights, names and hooks untouched); idempotent. On
+    an untested TransformerLens version nothing changes (logged once).
 
     >>> model = backend_components.use_toolkit_components(HookedTransformer(cfg))  # doctest: +SKIP
     """

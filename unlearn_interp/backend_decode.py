@@ -46,8 +46,8 @@ d_head]`` tensors they always get (scores equal up to float rounding of the grou
 and refuses a model with any other (ALiBi, relative bias, local windows, dynamic NTK, log-n
 scaling, sinks, QKV clipping, q/k norm, 4-bit weights, split or per-head attention inputs,
 ``use_attn_result``), which then decodes through TransformerLens' own forward on unrotated
-buffered entries. The TransformerLens
-version pin is ``backend_components``' (its components are the only callers).
+buffered entries. The TransformerLens version pin is ``backend_components``' (its components
+are the only callers).
 ``tests/test_backend_decode.py`` checks tokens, per-step logits and every attention hook's
 activations against TransformerLens' own forward.
 

@@ -2,8 +2,11 @@
 training loop (next-token loss on right-padded batches, AdamW with warm-up and cosine decay,
 stopping at the first MCQ check on target).
 
-A run is deterministic on CPU for a given seed and number of torch threads: batches come from
-seeded permutations, and the order of every random draw and floating-point operation is fixed.
+A run is deterministic on CPU for a given seed: batches come from seeded permutations, the
+order of every random draw and floating-point operation is fixed, and it always runs on
+:data:`PRETRAINING_THREADS` torch threads (the last bits depend on the thread count), so the
+organism does not depend on the caller's thread setting; it still depends on the CPU's
+instruction set.
 
     >>> cfg = OrganismConfig.for_size("test")
     >>> model = initial_model(cfg, tokenizer)                          # doctest: +SKIP

@@ -49,9 +49,9 @@ from unlearn_interp.pipeline.subject import Subject, Task
 VARIANT_NAMES = ("base", "rmu", "rmu_ablated", "rmu_random_ablated")
 
 ORGANISM_RMU: dict[str, dict[str, Any]] = {
-    # adam_eps 1e-8 (torch's default): the value these settings were chosen with, before the
-    # reference's 1e-6 became RMUConfig's default; kept so the demo's numbers stay as published.
-    "demo": dict(steering_coef=1000.0, alpha=100.0, lr=1e-2, adam_eps=1e-8, batch_size=4,
+    # adam_eps 1e-8 (torch's default), the value these settings were chosen with (RMUConfig's
+    # default is the reference's 1e-6).
+    "demo": dict(steering_coef=500.0, alpha=100.0, lr=1e-2, adam_eps=1e-8, batch_size=4,
                  steps=300, max_len=128),
     "test": dict(steering_coef=400.0, alpha=100.0, lr=1e-2, adam_eps=1e-8, batch_size=4,
                  steps=200, max_len=128),
@@ -72,11 +72,13 @@ def organism_rmu_config(
     """RMU settings for the organism, chosen by the unlearning objective alone.
 
     The reference recipe (one topic, update layers ``l-2..l``, the reference loss with masked
-    padding) at the organism's RMU layer. Among the settings tried on the demo organism, these
-    gave the lowest hazardous accuracy while benign accuracy stayed within 0.03 of base (demo:
-    hazardous 0.975 -> 0.30, benign 0.975 -> 0.983); the coefficient is about 10x the natural
-    forget-activation norm at the layer (~100 demo, ~30 test), as c = 6.5 is about 2x Zephyr's.
-    How much ablation recovers played no part in the choice.
+    padding) at the organism's RMU layer. Demo: ``studies/select_organism_rmu.py`` trained a
+    grid of coefficients (250-1000) and alphas (100-1600) with 3 seeds each; c = 500, alpha =
+    100 had the lowest hazardous accuracy among the points whose benign accuracy stayed within
+    0.03 of base (hazardous 0.983 -> 0.333, 0.317-0.350 over the seeds; benign 0.950 -> 0.931);
+    c = 1000 forgot more (0.283) but cost 0.081 of benign accuracy. Test: c = 400, chosen the
+    same way on one seed before the selection study existed. How much ablation recovers played
+    no part in either choice.
     """
     config = org.config if isinstance(org, organism.Organism) else org
     settings = ORGANISM_RMU[config.size]
