@@ -28,6 +28,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.components import AbstractAttention, GatedMLP, Unembed
 
 from unlearn_interp import activations, backend_components, data, loader, models
+from unlearn_interp.organism.pretraining import torch_threads
 from unlearn_interp.variants import Variant
 
 FAMILIES = ["llama", "gpt2", "mistral"]
@@ -251,13 +252,9 @@ def test_embedding_gradients_do_not_depend_on_thread_timing(pair):
     gen = torch.Generator().manual_seed(2)
     ids = [torch.randint(1, 11, (int(n),), generator=gen).tolist() for n in range(17, 49)]
     batch = data.left_pad(ids, 0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         runs = [padded_batch_grads(model, batch) for _ in range(5)]
         expected = padded_batch_grads(reference, batch)
-    finally:
-        torch.set_num_threads(threads)
     for name in runs[0]:
         assert all(torch.equal(runs[0][name], r[name]) for r in runs[1:]), name
         scale = expected[name].abs().max().item()

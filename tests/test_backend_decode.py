@@ -1,7 +1,8 @@
 """backend_decode: the toolkit's decode path (rotated keys kept, grouped attention, per-step
 tables) gives what TransformerLens' own forward gives: the same tokens, per-step logits and every
 attention hook's activations within float32 rounding (2e-6 of the tensor's largest magnitude:
-the decode path multiplies per head, TransformerLens one matrix for all heads), and the same effect of a hook that edits rotated keys.
+the decode path multiplies per head, TransformerLens one matrix for all heads), and the same
+effect of a hook that edits rotated keys.
 
 The reference decodes through TransformerLens' own cache and attention forward
 (``activations.new_kv_cache`` without ``max_len``), the decode path through

@@ -14,6 +14,7 @@ from unlearn_interp import data, evaluation, models, organism
 from unlearn_interp.artifacts import read_json, write_json
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.organism import cache as organism_cache
+from unlearn_interp.organism.pretraining import torch_threads
 
 # Checked independently of organism.HAZARD_BLOCKLIST, so editing that list cannot hide a leak.
 REAL_HAZARD_TERMS = (
@@ -210,17 +211,14 @@ def tiny_config(**overrides):
 def test_pretraining_gives_the_same_bits_whatever_the_callers_thread_count(tmp_path):
     # pretraining runs at PRETRAINING_THREADS threads, and at a fixed count the toolkit's
     # embeddings make it repeat bit for bit (TransformerLens' indexing backward did not at 2)
-    previous, organisms = torch.get_num_threads(), []
-    try:
-        for threads, cache in ((1, "a"), (2, "b")):
-            torch.set_num_threads(threads)
+    organisms = []
+    for threads, cache in ((1, "a"), (2, "b")):
+        with torch_threads(threads):
             cfg = tiny_config()
             organisms.append(
                 organism.load_organism(config=cfg, cache_dir=tmp_path / cache, progress=False)
             )
             assert torch.get_num_threads() == threads  # the caller's setting is put back
-    finally:
-        torch.set_num_threads(previous)
     a, b = organisms
     assert a.training["steps"] == 4
     for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters(), strict=True):

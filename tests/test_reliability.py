@@ -51,6 +51,7 @@ from unlearn_interp.artifacts import RunFiles
 from unlearn_interp.data import MCQItem
 from unlearn_interp.errors import UnlearnInterpError
 from unlearn_interp.interventions import Variant
+from unlearn_interp.organism.pretraining import torch_threads
 from unlearn_interp.pipeline.step import Run, run_steps
 from unlearn_interp.pipeline.steps.accuracy import Accuracy
 from unlearn_interp.pipeline.steps.directions import Directions
@@ -725,13 +726,9 @@ def test_demo_twice_gives_identical_metrics_and_tensors(organism_test, tmp_path,
     # At 2 threads TransformerLens' embedding backward (indexing) made the depth step's
     # relearned model differ in the last bits from run to run; the toolkit's embeddings do not.
     cache = organism_test.cache_path.parent
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         for out in ("a", "b"):
             pipeline.run_demo(tmp_path / out, size="test", cache_dir=cache, progress=False)
-    finally:
-        torch.set_num_threads(previous)
     metrics = [json.loads((tmp_path / o / "metrics.json").read_text()) for o in ("a", "b")]
     for m in metrics:
         m.pop("seconds")
